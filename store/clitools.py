@@ -1,0 +1,32 @@
+"""Shared by the four command groups: lazy subcommands and one-line errors for UserError."""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from .errors import UserError
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands ("name" -> "module:attr") are imported when used, so that
+    `heads --help` does not import torch, and whose UserErrors end in one line and exit code 1."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            raise click.ClickException(str(e)) from None

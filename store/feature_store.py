@@ -1,0 +1,572 @@
+"""The HDF5 feature store: samples, labels, feature sources, predictions, provenance.
+
+No other module of the toolkit touches h5py; everything goes through `FeatureStore`.
+Layout and invariants: docs/STORE.md.
+
+    with FeatureStore.open("s.h5", "a") as st:          # "a" creates the file, takes the writer lock
+        rows = st.add_samples(keys, split="train", videos=v, frames=f, labels={"expr": e})
+        st.create_source("enet_b0_8_va_mtl", identity={...}, arrays={"embeddings": (1280, None)})
+        st.write_features("enet_b0_8_va_mtl", rows, {"embeddings": emb}, status=ok)
+    with FeatureStore.open("s.h5") as st:                # read-only, many readers at once
+        X, valid = st.read_features("enet_b0_8_va_mtl.embeddings", st.rows("train"))
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from contextlib import contextmanager
+from typing import Iterable, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from .errors import FingerprintMismatchError, StoreError
+from .lock import WriterLock
+from .schema import SCHEMA_VERSION, TASKS, get_task
+
+# Per-row status of a feature source.
+STATUS_MISSING = 0  # not computed (yet)
+STATUS_OK = 1  # features present and finite
+STATUS_INVALID = 2  # tried and failed: unreadable image, missing file, OpenFace success == 0 ...
+
+_STR = h5py.string_dtype("utf-8")
+_CHUNK_ROWS = 4096
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _toolkit_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("featheads")
+    except Exception:  # running from a source tree without installation
+        return "unknown"
+
+
+def _missing_value(dtype) -> object:
+    return np.nan if np.issubdtype(np.dtype(dtype), np.floating) else -1
+
+
+def _contiguous_runs(rows: np.ndarray) -> Iterable[tuple[int, int, int, int]]:
+    """Yield (row_start, row_stop, pos_start, pos_stop) for runs of consecutive sorted rows."""
+    if len(rows) == 0:
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(rows)]])
+    for a, b in zip(starts, stops):
+        yield int(rows[a]), int(rows[b - 1]) + 1, int(a), int(b)
+
+
+def _read_rows(ds: h5py.Dataset, rows: np.ndarray | None) -> np.ndarray:
+    """Read `rows` of a dataset fast: one slice covering them, then a numpy gather."""
+    if rows is None:
+        return ds[()]
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return np.empty((0,) + ds.shape[1:], dtype=ds.dtype)
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    block = ds[lo:hi]
+    return block[rows - lo]
+
+
+def _write_rows(ds: h5py.Dataset, rows: np.ndarray, values: np.ndarray) -> None:
+    order = np.argsort(rows, kind="stable")
+    rows, values = rows[order], values[order]
+    for r0, r1, p0, p1 in _contiguous_runs(rows):
+        ds[r0:r1] = values[p0:p1]
+
+
+class FeatureStore:
+    """An open feature store. Use `FeatureStore.open(path, mode)` as a context manager."""
+
+    def __init__(self, path: str, h5: h5py.File, lock: WriterLock | None):
+        self.path = path
+        self._h5 = h5
+        self._lock = lock
+        self._key_index: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path, mode: str = "r") -> "FeatureStore":
+        """Open a store. mode "r": read only; "a": read/write, created if missing, writer lock held."""
+        path = os.fspath(path)
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        if mode == "r":
+            if not os.path.exists(path):
+                raise StoreError(f"{path}: no such store")
+            try:
+                h5 = h5py.File(path, "r")
+            except OSError as e:
+                raise StoreError(f"{path}: cannot open as an HDF5 feature store ({e})") from None
+            st = cls(path, h5, None)
+            st._check_version()
+            return st
+        lock = WriterLock(path)
+        lock.acquire()
+        try:
+            new = not os.path.exists(path)
+            try:
+                h5 = h5py.File(path, "a")
+            except OSError as e:
+                raise StoreError(f"{path}: cannot open as an HDF5 feature store for writing ({e})") from None
+            st = cls(path, h5, lock)
+            if new or "schema_version" not in h5.attrs:
+                st._init_layout()
+            st._check_version()
+            return st
+        except BaseException:
+            lock.release()
+            raise
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            if self.writable:
+                self._h5.attrs["updated"] = _now()
+            self._h5.close()
+            self._h5 = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    def flush(self) -> None:
+        self._h5.flush()
+
+    def _require_writable(self):
+        if not self.writable:
+            raise StoreError(f"{self.path}: opened read-only")
+
+    def _init_layout(self) -> None:
+        h5 = self._h5
+        h5.attrs["schema_version"] = SCHEMA_VERSION
+        h5.attrs["encoding"] = "featheads-store"
+        h5.attrs["toolkit_version"] = _toolkit_version()
+        h5.attrs["created"] = _now()
+        g = h5.require_group("samples")
+        for name, dtype in (("key", _STR), ("video", _STR), ("split", _STR), ("frame", "int32")):
+            if name not in g:
+                g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(_CHUNK_ROWS,))
+        h5.require_group("labels")
+        h5.require_group("features")
+        h5.require_group("predictions")
+
+    def _check_version(self) -> None:
+        v = self._h5.attrs.get("schema_version")
+        if v is None or "samples" not in self._h5:
+            raise StoreError(f"{self.path}: not a featheads store (no schema_version attribute)")
+        if int(v) > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {int(v)} is newer than this toolkit reads ({SCHEMA_VERSION}); "
+                "upgrade featheads"
+            )
+
+    # ------------------------------------------------------------------ samples
+    @property
+    def n_rows(self) -> int:
+        return int(self._h5["samples/key"].shape[0])
+
+    def _keys(self) -> np.ndarray:
+        return self._h5["samples/key"].asstr()[()].astype(object)
+
+    def key_index(self) -> dict[str, int]:
+        if self._key_index is None:
+            self._key_index = {k: i for i, k in enumerate(self._keys())}
+        return self._key_index
+
+    def find_rows(self, keys: Sequence[str], *, missing: str = "raise") -> np.ndarray:
+        """Row indices of `keys`; missing="raise" errors on an unknown key, "ignore" gives -1."""
+        idx = self.key_index()
+        out = np.fromiter((idx.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        if missing == "raise" and (out < 0).any():
+            bad = keys[int(np.flatnonzero(out < 0)[0])]
+            raise StoreError(f"{self.path}: key {bad!r} is not in the store")
+        return out
+
+    def add_samples(
+        self,
+        keys: Sequence[str],
+        *,
+        split: str,
+        videos: Sequence[str] | None = None,
+        frames: Sequence[int] | None = None,
+        labels: Mapping[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Register rows of one split and their labels; returns their row indices in `keys` order.
+
+        Keys already in the store must carry the same split and labels (re-running a command is a
+        no-op); a key of another split or with other labels is an error that names it.
+        """
+        self._require_writable()
+        keys = [str(k) for k in keys]
+        n = len(keys)
+        if len(set(keys)) != n:
+            seen = set()
+            dup = next(k for k in keys if k in seen or seen.add(k))
+            raise StoreError(f"key {dup!r} appears twice in the rows being added to split {split!r}")
+        videos = [str(v) for v in videos] if videos is not None else [os.path.dirname(k) for k in keys]
+        frames = np.asarray(frames if frames is not None else [-1] * n, dtype=np.int32)
+        labels = dict(labels or {})
+        for task, arr in labels.items():
+            t = get_task(task)
+            arr = np.asarray(arr, dtype=t.dtype)
+            if arr.shape != (n,) + t.shape_tail:
+                raise StoreError(f"labels {task!r}: shape {arr.shape}, expected {(n,) + t.shape_tail}")
+            labels[task] = arr
+
+        rows = self.find_rows(keys, missing="ignore")
+        old = np.flatnonzero(rows >= 0)
+        if len(old):
+            old_split = self._h5["samples/split"].asstr()[()]
+            bad = [i for i in old if old_split[rows[i]] != split]
+            if bad:
+                i = bad[0]
+                raise StoreError(
+                    f"{self.path}: key {keys[i]!r} is already in split {old_split[rows[i]]!r}, not {split!r}"
+                )
+            for task, arr in labels.items():
+                cur = self.labels(task, rows[old])
+                new = arr[old]
+                same = (cur == new) | (np.isnan(cur) & np.isnan(new)) if cur.dtype.kind == "f" else cur == new
+                same = same.reshape(len(old), -1).all(axis=1)
+                if not same.all():
+                    i = old[int(np.flatnonzero(~same)[0])]
+                    raise StoreError(
+                        f"{self.path}: key {keys[i]!r} is already stored with other {task!r} labels"
+                    )
+        fresh = np.flatnonzero(rows < 0)
+        if len(fresh) == 0:
+            return rows
+        start = self.n_rows
+        stop = start + len(fresh)
+        self._resize_all(stop)
+        s = self._h5["samples"]
+        s["key"][start:stop] = [keys[i] for i in fresh]
+        s["video"][start:stop] = [videos[i] for i in fresh]
+        s["split"][start:stop] = [split] * len(fresh)
+        s["frame"][start:stop] = frames[fresh]
+        for task, arr in labels.items():
+            ds = self._require_label_dataset(task)
+            ds[start:stop] = arr[fresh]
+        rows[fresh] = np.arange(start, stop)
+        if self._key_index is not None:
+            for i, r in zip(fresh, range(start, stop)):
+                self._key_index[keys[i]] = r
+        return rows
+
+    def _resize_all(self, n: int) -> None:
+        """Grow every row-aligned dataset to n rows, filling new rows with the missing code."""
+
+        def grow(ds: h5py.Dataset):
+            old = ds.shape[0]
+            ds.resize((n,) + ds.shape[1:])
+            if ds.dtype.kind in "fi" and n > old:
+                fill = STATUS_MISSING if ds.name.endswith("/status") else _missing_value(ds.dtype)
+                ds[old:n] = fill
+
+        for name in ("key", "video", "split", "frame"):
+            self._h5["samples"][name].resize((n,))
+        for ds in self._h5["labels"].values():
+            grow(ds)
+        for grp in list(self._h5["features"].values()) + list(self._h5["predictions"].values()):
+            for ds in grp.values():
+                grow(ds)
+
+    def _require_label_dataset(self, task: str) -> h5py.Dataset:
+        t = get_task(task)
+        g = self._h5["labels"]
+        if task not in g:
+            n = self.n_rows
+            ds = g.create_dataset(
+                task, shape=(n,) + t.shape_tail, maxshape=(None,) + t.shape_tail, dtype=t.dtype,
+                chunks=(_CHUNK_ROWS,) + t.shape_tail, fillvalue=_missing_value(t.dtype),
+            )
+            ds.attrs["kind"] = t.kind
+            ds.attrs["names"] = list(t.names)
+            ds.attrs["missing"] = "NaN" if t.kind == "regression" else "-1"
+        return g[task]
+
+    def samples(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """key, video, split (object arrays of str) and frame (int32) of the rows (all if None)."""
+        s = self._h5["samples"]
+        out = {}
+        for name in ("key", "video", "split"):
+            col = np.asarray(s[name].asstr()[()], dtype=object)
+            out[name] = col if rows is None else col[np.asarray(rows, dtype=np.int64)]
+        out["frame"] = _read_rows(s["frame"], rows)
+        return out
+
+    def splits(self) -> list[str]:
+        return sorted(set(self._h5["samples/split"].asstr()[()]))
+
+    def rows(self, split: str | Sequence[str] | None = None) -> np.ndarray:
+        """Sorted row indices of a split (or several, or all rows when None)."""
+        if split is None:
+            return np.arange(self.n_rows)
+        names = [split] if isinstance(split, str) else list(split)
+        s = np.asarray(self._h5["samples/split"].asstr()[()], dtype=object)
+        known = set(s)
+        for name in names:
+            if name not in known:
+                raise StoreError(
+                    f"{self.path}: no split {name!r}; splits in the store: {', '.join(sorted(known)) or 'none'}"
+                )
+        return np.flatnonzero(np.isin(s, names))
+
+    # ------------------------------------------------------------------ labels
+    def tasks(self) -> list[str]:
+        return [t for t in TASKS if t in self._h5["labels"]]
+
+    def labels(self, task: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Labels of a task: class int8 (-1 missing), va float32 (N, 2) NaN missing, au int8 (N, 12) -1."""
+        t = get_task(task)
+        if task not in self._h5["labels"]:
+            n = self.n_rows if rows is None else len(rows)
+            return np.full((n,) + t.shape_tail, _missing_value(t.dtype), dtype=t.dtype)
+        return _read_rows(self._h5["labels"][task], rows)
+
+    @staticmethod
+    def label_mask(task: str, y: np.ndarray) -> np.ndarray:
+        """Boolean mask of rows whose `task` label exists."""
+        t = get_task(task)
+        if t.kind == "class":
+            return y >= 0
+        if t.kind == "regression":
+            return np.isfinite(y).all(axis=1)
+        return (y >= 0).all(axis=1)
+
+    def label_classes(self, task: str) -> list[str]:
+        return list(get_task(task).names)
+
+    # ------------------------------------------------------------------ sources
+    def sources(self) -> list[str]:
+        return sorted(self._h5["features"].keys())
+
+    def source_info(self, name: str) -> dict:
+        g = self._source_group(name)
+        info = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in g.attrs.items()}
+        for key in ("identity", "provenance"):
+            if key in info:
+                info[key] = json.loads(info[key])
+        info["arrays"] = {
+            k: {"shape": tuple(ds.shape), "dtype": str(ds.dtype),
+                "names": list(ds.attrs["names"]) if "names" in ds.attrs else None}
+            for k, ds in g.items() if k != "status"
+        }
+        return info
+
+    def _source_group(self, name: str) -> h5py.Group:
+        if name not in self._h5["features"]:
+            raise StoreError(
+                f"{self.path}: no feature source {name!r}; sources: {', '.join(self.sources()) or 'none'}"
+            )
+        return self._h5["features"][name]
+
+    def create_source(
+        self,
+        name: str,
+        *,
+        identity: Mapping,
+        arrays: Mapping[str, tuple[int, Sequence[str] | None]],
+        provenance: Mapping | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        """Create a feature source, or check that an existing one was made the same way.
+
+        identity: what makes features comparable (backbone, weights sha256, preprocessing, precision);
+        a source with another identity is an error naming both. arrays: name -> (width, column names).
+        provenance: recorded, not compared (library versions, device, command).
+        """
+        self._require_writable()
+        if "/" in name or not name:
+            raise StoreError(f"invalid source name {name!r}")
+        ident = json.dumps(dict(identity), sort_keys=True, default=str)
+        g = self._h5["features"]
+        if name in g:
+            old = g[name].attrs.get("identity", "{}")
+            if json.loads(old) != json.loads(ident):
+                raise FingerprintMismatchError(
+                    f"{self.path}: source {name!r} holds features made with {old}; the new features are "
+                    f"made with {ident}. Write them to another source (--source-name) or another store."
+                )
+            for arr, (width, _) in arrays.items():
+                if arr not in g[name] or g[name][arr].shape[1] != width:
+                    raise FingerprintMismatchError(
+                        f"{self.path}: source {name!r} has no array {arr!r} of width {width}"
+                    )
+            if provenance:
+                g[name].attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True, default=str)
+            return
+        n = self.n_rows
+        grp = g.create_group(name)
+        grp.attrs["identity"] = ident
+        grp.attrs["provenance"] = json.dumps(dict(provenance or {}), sort_keys=True, default=str)
+        grp.attrs["created"] = _now()
+        for k, v in identity.items():  # flat copies for h5dump/h5ls readers
+            grp.attrs[k] = json.dumps(v, default=str) if not isinstance(v, (str, int, float)) else v
+        for arr, (width, names) in arrays.items():
+            chunk_rows = max(1, min(_CHUNK_ROWS, (1 << 20) // (4 * max(width, 1))))
+            ds = grp.create_dataset(
+                arr, shape=(n, width), maxshape=(None, width), dtype=dtype,
+                chunks=(chunk_rows, width), fillvalue=np.nan,
+            )
+            if names is not None:
+                if len(names) != width:
+                    raise StoreError(f"source {name!r} array {arr!r}: {len(names)} names for width {width}")
+                ds.attrs["names"] = [str(x) for x in names]
+        st = grp.create_dataset("status", shape=(n,), maxshape=(None,), dtype="int8",
+                                chunks=(_CHUNK_ROWS * 16,), fillvalue=STATUS_MISSING)
+        st.attrs["codes"] = "0 missing, 1 ok, 2 invalid"
+
+    def write_features(
+        self, name: str, rows: np.ndarray, arrays: Mapping[str, np.ndarray], status: np.ndarray
+    ) -> None:
+        """Write features of `rows` (rows with status != OK get NaN)."""
+        self._require_writable()
+        g = self._source_group(name)
+        rows = np.asarray(rows, dtype=np.int64)
+        status = np.asarray(status, dtype=np.int8)
+        if status.shape != rows.shape:
+            raise StoreError(f"source {name!r}: status shape {status.shape} != rows {rows.shape}")
+        for arr, values in arrays.items():
+            if arr not in g:
+                raise StoreError(f"source {name!r} has no array {arr!r}")
+            values = np.array(values, dtype=g[arr].dtype, copy=True)
+            if values.shape != (len(rows), g[arr].shape[1]):
+                raise StoreError(
+                    f"source {name!r} array {arr!r}: got shape {values.shape}, expected {(len(rows), g[arr].shape[1])}"
+                )
+            values[status != STATUS_OK] = np.nan
+            _write_rows(g[arr], rows, values)
+        _write_rows(g["status"], rows, status)
+
+    def source_status(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        return _read_rows(self._source_group(name)["status"], rows)
+
+    def parse_feature_spec(self, spec: str) -> list[tuple[str, str]]:
+        """"src.embeddings+src.logits" -> [(src, embeddings), (src, logits)]; "src" -> all arrays of src."""
+        out = []
+        for part in spec.split("+"):
+            part = part.strip()
+            src, _, arr = part.rpartition(".") if "." in part else (part, "", "")
+            if src and src not in self._h5["features"] and part in self._h5["features"]:
+                src, arr = part, ""
+            g = self._source_group(src or part)
+            if not arr:
+                out.extend((src or part, a) for a in g.keys() if a != "status")
+            elif arr not in g or arr == "status":
+                names = ", ".join(a for a in g.keys() if a != "status")
+                raise StoreError(f"{self.path}: source {src!r} has no array {arr!r} (it has: {names})")
+            else:
+                out.append((src, arr))
+        return out
+
+    def feature_names(self, spec: str) -> list[str]:
+        names = []
+        for src, arr in self.parse_feature_spec(spec):
+            ds = self._h5["features"][src][arr]
+            cols = list(ds.attrs["names"]) if "names" in ds.attrs else [str(i) for i in range(ds.shape[1])]
+            names.extend(f"{src}.{arr}.{c}" for c in cols)
+        return names
+
+    def read_features(self, spec: str, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Concatenated features of a spec for `rows` -> (X float32 (n, D), valid bool (n,))."""
+        parts, valid = [], None
+        for src, arr in self.parse_feature_spec(spec):
+            g = self._h5["features"][src]
+            parts.append(_read_rows(g[arr], rows).astype(np.float32, copy=False))
+            ok = _read_rows(g["status"], rows) == STATUS_OK
+            valid = ok if valid is None else valid & ok
+        X = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        return X, valid
+
+    # ------------------------------------------------------------------ predictions
+    def write_predictions(
+        self, run: str, task: str, values: np.ndarray, rows: np.ndarray | None = None,
+        *, names: Sequence[str] | None = None, attrs: Mapping | None = None,
+    ) -> None:
+        """Write per-row scores of a run for one task (rows not written stay NaN).
+
+        values: (n,) or (n, C) for `rows` (all rows when None). Replaces the task's earlier scores
+        on those rows only.
+        """
+        self._require_writable()
+        if not run or "/" in run:
+            raise StoreError(f"invalid run name {run!r}")
+        values = np.asarray(values, dtype=np.float32)
+        rows = np.arange(self.n_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+        if values.shape[0] != len(rows):
+            raise StoreError(f"predictions {run}/{task}: {values.shape[0]} values for {len(rows)} rows")
+        g = self._h5["predictions"].require_group(run)
+        tail = values.shape[1:]
+        if task in g and g[task].shape[1:] != tail:
+            del g[task]
+        if task not in g:
+            ds = g.create_dataset(task, shape=(self.n_rows,) + tail, maxshape=(None,) + tail,
+                                  dtype="float32", chunks=(_CHUNK_ROWS,) + tail, fillvalue=np.nan)
+        ds = g[task]
+        if names is not None:
+            ds.attrs["names"] = [str(x) for x in names]
+        for k, v in (attrs or {}).items():
+            ds.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v, default=str)
+        g.attrs["updated"] = _now()
+        _write_rows(ds, rows, values)
+
+    def set_run_attrs(self, run: str, **attrs) -> None:
+        self._require_writable()
+        g = self._h5["predictions"].require_group(run)
+        for k, v in attrs.items():
+            g.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v, default=str)
+
+    def runs(self) -> dict[str, list[str]]:
+        return {r: sorted(g.keys()) for r, g in self._h5["predictions"].items()}
+
+    def read_predictions(self, run: str, task: str, rows: np.ndarray | None = None) -> np.ndarray:
+        g = self._h5["predictions"]
+        if run not in g:
+            raise StoreError(f"{self.path}: no predictions run {run!r}; runs: {', '.join(g.keys()) or 'none'}")
+        if task not in g[run]:
+            raise StoreError(f"{self.path}: run {run!r} has no {task!r} predictions (it has: {', '.join(g[run].keys())})")
+        return _read_rows(g[run][task], rows)
+
+    def prediction_attrs(self, run: str, task: str | None = None) -> dict:
+        obj = self._h5["predictions"][run] if task is None else self._h5["predictions"][run][task]
+        return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in obj.attrs.items()}
+
+    # ------------------------------------------------------------------ file-level
+    def attrs(self) -> dict:
+        return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in self._h5.attrs.items()}
+
+    def _iter_row_datasets(self):
+        """(name, dataset) of every row-aligned dataset, for verify."""
+        for name in ("key", "video", "split", "frame"):
+            yield f"samples/{name}", self._h5["samples"][name]
+        for name, ds in self._h5["labels"].items():
+            yield f"labels/{name}", ds
+        for top in ("features", "predictions"):
+            for gname, grp in self._h5[top].items():
+                for name, ds in grp.items():
+                    yield f"{top}/{gname}/{name}", ds
+
+
+@contextmanager
+def open_store(path, mode: str = "r"):
+    st = FeatureStore.open(path, mode)
+    try:
+        yield st
+    finally:
+        st.close()
