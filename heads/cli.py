@@ -5,7 +5,7 @@ import click
 
 from store.clitools import LazyGroup
 
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {"fit": "heads.fit_cli:fit", "predict": "heads.predict_cli:predict"}
 
 
 @click.group(cls=LazyGroup, lazy=SUBCOMMANDS)

@@ -1,0 +1,172 @@
+"""The blend spec: a small JSON file that `blend tune` writes and `blend apply` replays exactly.
+
+    {
+      "format": "featheads-blend-spec", "version": 1,
+      "task": "mtl", "split": "val", "inputs": ["mlp", "openface"],
+      "tasks": {
+        "expr": {"inputs": ["mlp", "openface"], "weights": {"mlp": 0.63, "openface": 0.37},
+                 "smoothing": {"kind": "gaussian", "delta": 12, "sigma": 41.5}},
+        "va":   {..., "smoothing": {"kind": "box", "delta": 6}},
+        "au":   {..., "smoothing": {"kind": "none"}, "thresholds": {"AU1": 0.41, ...}}
+      },
+      "scores": {"in_sample": {"P_EXPR": ..., "P_MTL": ...}, "out_of_fold": {...} or null},
+      "cv": {"folds": 5, "group_by": "video", "seed": 0, "fold_scores": [...]} or {"folds": 0},
+      "study": {"name": ..., "storage": ..., "trials": 200, "best_trial": 117, "sampler": "TPESampler", "seed": 0},
+      "rows": {"split": 26876, "scored": {"expr": 15440, ...}},
+      "store": "/abs/path/store.h5", "created": "...", "toolkit_version": "..."
+    }
+
+Floats are written with repr, so weights and thresholds read back bit for bit.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from store.errors import UserError
+from store.schema import AU_NAMES
+
+from .combine import TaskParams
+from .data import TASK_GROUPS
+from .smoothing import Smoothing
+
+__all__ = ["FORMAT", "VERSION", "BlendSpec", "read_spec", "write_spec"]
+
+FORMAT = "featheads-blend-spec"
+VERSION = 1
+
+
+@dataclass
+class BlendSpec:
+    task: str
+    split: str
+    inputs: list[str]
+    tasks: dict[str, TaskParams]
+    scores: dict = field(default_factory=dict)
+    cv: dict = field(default_factory=dict)
+    study: dict = field(default_factory=dict)
+    rows: dict = field(default_factory=dict)
+    store: str = ""
+    created: str = ""
+    toolkit_version: str = ""
+
+    def task_inputs(self) -> dict[str, list[str]]:
+        return {t: list(p.weights) for t, p in self.tasks.items()}
+
+    def max_delta(self) -> int:
+        return max([p.smoothing.delta for p in self.tasks.values() if p.smoothing.kind != "none"] or [0])
+
+    def to_dict(self) -> dict:
+        tasks = {}
+        for t, p in self.tasks.items():
+            d = {"inputs": list(p.weights), "weights": {k: float(v) for k, v in p.weights.items()},
+                 "smoothing": p.smoothing.to_dict()}
+            if p.thresholds is not None:
+                d["thresholds"] = {n: float(v) for n, v in zip(AU_NAMES, p.thresholds)}
+            tasks[t] = d
+        return {
+            "format": FORMAT, "version": VERSION, "task": self.task, "split": self.split,
+            "inputs": list(self.inputs), "tasks": tasks, "scores": self.scores, "cv": self.cv,
+            "study": self.study, "rows": self.rows, "store": self.store,
+            "created": self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "toolkit_version": self.toolkit_version or _toolkit_version(),
+        }
+
+
+def _toolkit_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("featheads")
+    except Exception:
+        return "unknown"
+
+
+def _clean(obj):
+    """JSON-safe copy: numpy scalars to Python, NaN to null."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_spec(spec: BlendSpec, path: str | os.PathLike) -> Path:
+    """Write atomically (a temporary file renamed over the target)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(spec.to_dict()), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_spec(path: str | os.PathLike) -> BlendSpec:
+    """Read and validate a spec; every problem is a UserError naming the file and key."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such blend spec") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+
+    def need(obj, key, kind, where):
+        if not isinstance(obj, dict) or key not in obj:
+            raise UserError(f"{path}: missing key {where}{key!r}")
+        if not isinstance(obj[key], kind):
+            raise UserError(f"{path}: key {where}{key!r} must be {kind.__name__ if isinstance(kind, type) else 'a number'}")
+        return obj[key]
+
+    if d.get("format") != FORMAT:
+        raise UserError(f"{path}: not a blend spec (key 'format' is {d.get('format')!r}, expected {FORMAT!r})")
+    if int(d.get("version", 0)) > VERSION:
+        raise UserError(f"{path}: spec version {d.get('version')} is newer than this toolkit reads ({VERSION})")
+    task = need(d, "task", str, "")
+    if task not in TASK_GROUPS:
+        raise UserError(f"{path}: key 'task' is {task!r}; expected one of {', '.join(TASK_GROUPS)}")
+    raw_tasks = need(d, "tasks", dict, "")
+    tasks = {}
+    for t in TASK_GROUPS[task]:
+        where = f"tasks.{t}."
+        if t not in raw_tasks:
+            raise UserError(f"{path}: missing key 'tasks.{t}' (task {task!r} needs {', '.join(TASK_GROUPS[task])})")
+        td = raw_tasks[t]
+        weights = need(td, "weights", dict, where)
+        if not weights:
+            raise UserError(f"{path}: key '{where}weights' is empty")
+        for k, v in weights.items():
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise UserError(f"{path}: key '{where}weights.{k}' must be a number >= 0; got {v!r}")
+        if sum(weights.values()) <= 0:
+            raise UserError(f"{path}: key '{where}weights': the weights sum to 0")
+        try:
+            smoothing = Smoothing.from_dict(need(td, "smoothing", dict, where))
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{path}: key '{where}smoothing': {e}") from None
+        thresholds = None
+        if t == "au":
+            th = need(td, "thresholds", dict, where)
+            missing = [a for a in AU_NAMES if a not in th]
+            if missing:
+                raise UserError(f"{path}: key '{where}thresholds' has no {missing[0]!r}")
+            bad = [a for a in AU_NAMES if not isinstance(th[a], (int, float)) or not math.isfinite(th[a])]
+            if bad:
+                raise UserError(f"{path}: key '{where}thresholds.{bad[0]}' must be a finite number")
+            thresholds = np.array([float(th[a]) for a in AU_NAMES])
+        tasks[t] = TaskParams({str(k): float(v) for k, v in weights.items()}, smoothing, thresholds)
+    return BlendSpec(
+        task=task, split=str(d.get("split", "")), inputs=list(d.get("inputs", [])), tasks=tasks,
+        scores=d.get("scores", {}), cv=d.get("cv", {}), study=d.get("study", {}), rows=d.get("rows", {}),
+        store=str(d.get("store", "")), created=str(d.get("created", "")),
+        toolkit_version=str(d.get("toolkit_version", "")),
+    )

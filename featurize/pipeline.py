@@ -1,0 +1,304 @@
+"""`featurize run` as functions: rows -> decode (DataLoader workers) -> backbone -> journal -> store.
+
+    summary = run_featurize(source="abaw-mtl", annotations="train.txt", images="cropped_aligned",
+                            split="train", store="s.h5")                # what `featurize run` does
+    summary = featurize_samples(samples, root=root, store="s.h5", split="train",
+                                backbone=load_backbone("enet_b0_8_va_mtl"))   # rows you made yourself
+
+Steps, each resumable:
+1. read all rows (a malformed line stops here, before any work);
+2. under the store's writer lock, briefly: register the rows (a no-op for rows already there), create the
+   source or check that it was made the same way (backbone, weights sha256, preprocessing, precision),
+   merge journal parts an interrupted run left behind, and find the rows still missing;
+3. without the lock: decode + resize in DataLoader workers, normalise and run the backbone batch by
+   batch, and write finished batches as journal parts (`featurize.journal`);
+4. under the lock, briefly: merge the parts into the store, then delete them.
+Killed at any point (kill -9, Ctrl-C), the same call again finishes only the missing rows.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from store import STATUS_INVALID, STATUS_MISSING, STATUS_OK, FeatureStore
+from store.errors import UserError
+
+from .images import ImageDecodeError, decode_resized, open_image_root
+from .journal import Journal
+from .readers import AnnotationError, Sample, read_abaw_mtl, read_class_folders, read_images, sample_columns
+
+SOURCES = ("abaw-mtl", "folders", "images")
+
+
+@dataclass(frozen=True)
+class FeaturizeConfig:
+    """How to run the backbone; none of it changes the features except `precision`."""
+
+    gpu: bool = False  # CUDA; the CPU otherwise
+    precision: str = "fp32"  # fp32 | bf16 (CPU with AVX512-BF16, or GPU) | fp16 (GPU); part of the identity
+    batch_size: int = 64  # 64 keeps oneDNN busy on a CPU without holding many images in memory
+    workers: int | None = None  # decoding processes; None: one per CPU core, at most 8
+    strict: bool = False  # an unreadable image stops the run instead of being recorded as invalid
+    progress: bool = True  # tqdm bar with images/s and ETA on stderr
+    part_rows: int = 4096  # journal: rows per part file ...
+    part_seconds: float = 30.0  # ... or at least one part this often (work lost to a kill: at most this)
+
+
+@dataclass
+class RunSummary:
+    store: str
+    source: str
+    split: str
+    rows: int  # rows of this run
+    ok: int  # rows with features (now, including earlier runs)
+    invalid: int  # rows whose image is missing or unreadable
+    skipped: int  # rows done before this run (in the store or in journal parts)
+    computed: int  # rows run through the backbone now
+    seconds: float  # time spent decoding + computing
+    device: str
+    invalid_examples: list = field(default_factory=list)  # (key, reason), the first few of this run
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.store} [{self.source}] split {self.split}: {self.rows} rows, {self.ok} ok, "
+            f"{self.invalid} invalid, {self.skipped} skipped as done; computed {self.computed} in "
+            f"{self.seconds:.1f} s ({self.images_per_second:.1f} images/s) on {self.device}"
+        )
+
+
+class PixelDataset:
+    """Map-style dataset: i -> (i, uint8 (S, S, C) pixels, error message or "")."""
+
+    def __init__(self, root, images: list[str], *, size: int, grayscale: bool, interpolation: str):
+        self.root = root
+        self.images = images
+        self.size = size
+        self.grayscale = grayscale
+        self.interpolation = interpolation
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        try:
+            px = decode_resized(self.root.read_bytes(self.images[i]), self.size,
+                                grayscale=self.grayscale, interpolation=self.interpolation)
+            return i, px, ""
+        except ImageDecodeError as e:
+            return i, np.zeros((self.size, self.size, 1 if self.grayscale else 3), np.uint8), str(e)
+
+
+def collate_pixels(items):
+    """-> (index int64 (B,), pixels uint8 tensor (B, S, S, C), errors list[str])."""
+    import torch
+
+    index = np.fromiter((it[0] for it in items), dtype=np.int64, count=len(items))
+    pixels = torch.from_numpy(np.stack([it[1] for it in items]))
+    return index, pixels, [it[2] for it in items]
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def source_identity(backbone, precision: str) -> dict:
+    """What makes features comparable: the backbone spec, the weights' sha256 and the precision."""
+    return {**backbone.spec.identity(), "weights_sha256": backbone.weights_sha256, "precision": precision}
+
+
+def _provenance(backbone, config: FeaturizeConfig, device: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(pkg):
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "featheads": v("featheads"), "torch": v("torch"), "timm": v("timm"), "pillow": v("pillow"),
+        "numpy": v("numpy"), "device": device, "precision": config.precision,
+        "batch_size": config.batch_size, "weights_path": str(getattr(backbone, "weights_path", None)),
+        "command": " ".join(sys.argv)[:2000],
+    }
+
+
+class _PendingParts:
+    """Finished batches not yet in a journal part."""
+
+    def __init__(self, journal: Journal, config: FeaturizeConfig):
+        self.journal, self.config = journal, config
+        self.keys: list[str] = []
+        self.emb: list[np.ndarray] = []
+        self.logits: list[np.ndarray] = []
+        self.status: list[np.ndarray] = []
+        self.last = time.monotonic()
+
+    def add(self, keys, emb, logits, status):
+        self.keys.extend(keys)
+        self.emb.append(emb)
+        self.logits.append(logits)
+        self.status.append(status)
+        if len(self.keys) >= self.config.part_rows or time.monotonic() - self.last >= self.config.part_seconds:
+            self.flush()
+
+    def flush(self):
+        if self.keys:
+            self.journal.write_part(
+                self.keys, {"embeddings": np.concatenate(self.emb), "logits": np.concatenate(self.logits)},
+                np.concatenate(self.status),
+            )
+        self.keys, self.emb, self.logits, self.status = [], [], [], []
+        self.last = time.monotonic()
+
+
+def _merge(store_path: str, journal: Journal) -> None:
+    with FeatureStore.open(store_path, "a") as st:
+        merged = journal.merge_into(st)
+    journal.remove(merged)
+
+
+def featurize_samples(
+    samples: list[Sample], *, root, store, split: str, backbone, source_name: str | None = None,
+    config: FeaturizeConfig = FeaturizeConfig(),
+) -> RunSummary:
+    """Register `samples` in split `split` of `store` and write features of `backbone` for every one.
+
+    root: image root (`featurize.images.open_image_root`) that `Sample.image` paths are relative to.
+    backbone: a `featurize.backbones.LoadedBackbone` (anything with .model, .spec, .weights_sha256).
+    source_name: the store source (default: the backbone's name).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from .inference import BatchRunner, check_precision, describe_device, pick_device
+
+    store = os.fspath(store)
+    spec = backbone.spec
+    source = source_name or spec.name
+    device = pick_device(config.gpu)
+    check_precision(config.precision, device)
+    if config.batch_size < 1:
+        raise UserError(f"--batch-size {config.batch_size}: must be at least 1")
+    identity = source_identity(backbone, config.precision)
+    device_name = describe_device(device)
+    journal = Journal(store, source, identity)
+
+    with FeatureStore.open(store, "a") as st:
+        rows = st.add_samples([s.key for s in samples], split=split, **sample_columns(samples))
+        st.create_source(
+            source, identity=identity,
+            arrays={"embeddings": (spec.embedding_dim, None), "logits": (len(spec.logit_names), spec.logit_names)},
+            provenance=_provenance(backbone, config, device_name),
+        )
+        merged = journal.merge_into(st)
+        todo = np.flatnonzero(st.source_status(source, rows) == STATUS_MISSING)
+    journal.remove(merged)
+
+    examples: list[tuple[str, str]] = []
+    seconds = 0.0
+    if len(todo):
+        start = time.perf_counter()
+        runner = BatchRunner(backbone.model, spec, device=device, precision=config.precision)
+        dataset = PixelDataset(root, [samples[i].image for i in todo], size=spec.input_size,
+                               grayscale=spec.grayscale, interpolation=spec.interpolation)
+        workers = default_workers() if config.workers is None else config.workers
+        loader = DataLoader(
+            dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
+            collate_fn=collate_pixels, pin_memory=device.type == "cuda",
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        pending = _PendingParts(journal, config)
+        bar = tqdm(total=len(todo), unit="img", desc=f"featurize {source}", disable=not config.progress,
+                   dynamic_ncols=True, smoothing=0.05)
+        try:
+            for index, pixels, errors in loader:
+                keys = [samples[todo[i]].key for i in index]
+                ok = np.array([not e for e in errors])
+                if config.strict and not ok.all():
+                    i = int(np.flatnonzero(~ok)[0])
+                    image = samples[todo[index[i]]].image
+                    raise UserError(f"{root.describe(image)}: {errors[i]} (--strict)")
+                emb = np.full((len(keys), spec.embedding_dim), np.nan, np.float32)
+                logits = np.full((len(keys), len(spec.logit_names)), np.nan, np.float32)
+                if ok.any():
+                    batch = pixels if ok.all() else pixels[torch.from_numpy(ok)]
+                    emb[ok], logits[ok] = runner(batch)
+                finite = np.isfinite(emb).all(axis=1) & np.isfinite(logits).all(axis=1)
+                for i in np.flatnonzero(ok & ~finite):
+                    errors[i] = "the backbone gave non-finite features"
+                status = np.where(ok & finite, STATUS_OK, STATUS_INVALID).astype(np.int8)
+                for i in np.flatnonzero(status != STATUS_OK):
+                    if len(examples) < 10:
+                        examples.append((keys[i], errors[i]))
+                pending.add(keys, emb, logits, status)
+                bar.update(len(keys))
+        except UserError:  # --strict: keep what is finished in the store, then stop
+            bar.close()
+            pending.flush()
+            _merge(store, journal)
+            raise
+        finally:
+            bar.close()
+            pending.flush()  # finished batches survive Ctrl-C (merged by the next run)
+        seconds = time.perf_counter() - start
+        _merge(store, journal)
+
+    with FeatureStore.open(store, "r") as st:
+        status = st.source_status(source, rows)
+    return RunSummary(
+        store=store, source=source, split=split, rows=len(samples), ok=int((status == STATUS_OK).sum()),
+        invalid=int((status == STATUS_INVALID).sum()), skipped=len(samples) - len(todo), computed=len(todo),
+        seconds=seconds, device=device_name, invalid_examples=examples,
+    )
+
+
+def read_samples(source: str, *, annotations=None, root=None, task: str | None = None) -> list[Sample]:
+    """The rows of a --source: abaw-mtl (annotation file), folders (class folders, --task), images."""
+    if source == "abaw-mtl":
+        if annotations is None:
+            raise AnnotationError("--source abaw-mtl needs --annotations FILE (the ABAW4 MTL annotation file)")
+        return read_abaw_mtl(annotations)
+    if source == "folders":
+        if task is None:
+            raise AnnotationError("--source folders needs --task lsd or --task expr (what the folder names mean)")
+        if annotations is not None:
+            raise AnnotationError("--source folders reads labels from folder names; drop --annotations")
+        return read_class_folders(root, task)
+    if source == "images":
+        return read_images(root, annotations)
+    raise AnnotationError(f"--source {source!r}: choose one of {', '.join(SOURCES)}")
+
+
+def run_featurize(
+    *, source: str = "abaw-mtl", annotations=None, images, subdir: str | None = None, task: str | None = None,
+    split: str, store, backbone: str = "enet_b0_8_va_mtl", weights=None, source_name: str | None = None,
+    gpu: bool = False, precision: str = "fp32", batch_size: int = 64, workers: int | None = None,
+    strict: bool = False, limit: int | None = None, progress: bool = True, allow_download: bool = True,
+) -> RunSummary:
+    """`featurize run` as a function: read rows, load the backbone, featurize every row into `store`."""
+    from .backbones import load_backbone
+
+    root = open_image_root(images, subdir)
+    samples = read_samples(source, annotations=annotations, root=root, task=task)
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit {limit}: must be at least 1")
+        samples = samples[:limit]
+    config = FeaturizeConfig(gpu=gpu, precision=precision, batch_size=batch_size, workers=workers,
+                             strict=strict, progress=progress)
+    from .inference import check_precision, pick_device
+
+    check_precision(precision, pick_device(gpu))  # before loading (or downloading) any weights
+    loaded = load_backbone(backbone, weights, allow_download=allow_download)
+    return featurize_samples(samples, root=root, store=store, split=split, backbone=loaded,
+                             source_name=source_name, config=config)

@@ -1,0 +1,182 @@
+"""`heads fit mtl | expr | lsd` as Python functions.
+
+    fit_mtl(store, "paper", train="train", eval="val", out="runs/paper")     # expr + va + au heads
+    fit_mtl(store, "paper", out="runs/joint", joint=True)                   # one multi-task network
+    fit_expr(store, "lightgbm", out="runs/gbm_expr")
+    fit_lsd(store, "paper", out="runs/lsd")
+
+Each head is fitted on the training split's rows that have its task's label and valid features
+(groups = videos, for early stopping). Then every row of the store is predicted, the evaluation
+split is scored, the run folder is written (atomically) and the predictions go to
+/predictions/<name> of the store (name = the run folder's name unless given). Nothing is written
+before everything has been fitted and predicted, so a failing fit leaves no trace.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from store.errors import UserError
+from store.feature_store import FeatureStore
+
+from .evaluate import evaluate
+from .plan import JOINT_TASKS, Plan, training_target
+from .predicting import predict_rows, write_predictions
+from .recipe import RecipeError, choose_backbone, fill_backbone, load_recipe
+from .registry import make_head
+from .run_folder import RUN_FORMAT, check_writable, write_run
+
+__all__ = ["fit_mtl", "fit_expr", "fit_lsd", "fit_tasks"]
+
+
+def fit_mtl(store, recipe="paper", *, out, train="train", eval="val", joint=False, seed=0, backbone=None,
+            name=None, overwrite=False, progress=False) -> dict:
+    """Fit the expr, va and au heads of `recipe` (or its joint network with joint=True); returns the metrics."""
+    return fit_tasks(store, recipe, ("expr", "va", "au"), command="mtl", out=out, train=train, eval=eval,
+                     joint=joint, seed=seed, backbone=backbone, name=name, overwrite=overwrite, progress=progress)
+
+
+def fit_expr(store, recipe="paper", *, out, train="train", eval="val", seed=0, backbone=None, name=None,
+             overwrite=False, progress=False) -> dict:
+    """Fit the expression head only (8 MTL classes)."""
+    return fit_tasks(store, recipe, ("expr",), command="expr", out=out, train=train, eval=eval, seed=seed,
+                     backbone=backbone, name=name, overwrite=overwrite, progress=progress)
+
+
+def fit_lsd(store, recipe="paper", *, out, train="train", eval="val", seed=0, backbone=None, name=None,
+            overwrite=False, progress=False) -> dict:
+    """Fit the learning-from-synthetic-data head (6 classes, LSD order)."""
+    return fit_tasks(store, recipe, ("lsd",), command="lsd", out=out, train=train, eval=eval, seed=seed,
+                     backbone=backbone, name=name, overwrite=overwrite, progress=progress)
+
+
+def _entries(doc: dict, source: str, tasks, joint: bool) -> list[tuple[str, dict]]:
+    """(key, recipe entry) of every head to fit."""
+    if joint:
+        if "joint" not in doc:
+            raise RecipeError(f"{source}: joint: missing; --joint needs a \"joint\" entry (see recipe 'paper')")
+        return [("joint", doc["joint"])]
+    missing = [t for t in tasks if t not in doc["tasks"]]
+    if missing:
+        raise RecipeError(f"{source}: tasks.{missing[0]}: missing; this recipe has {', '.join(doc['tasks'])}")
+    return [(t, doc["tasks"][t]) for t in tasks]
+
+
+def _training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray, source: str):
+    """(X, y, groups, n_rows) for one head: labelled training rows with valid features."""
+    videos = st.samples(train_rows)["video"]
+    if plan.key == "joint":
+        labels = {t: st.labels(t, train_rows) for t in JOINT_TASKS}
+        mask = np.zeros(len(train_rows), bool)
+        for t, y in labels.items():
+            mask |= FeatureStore.label_mask(t, y)
+    else:
+        y = st.labels(plan.key, train_rows)
+        mask = FeatureStore.label_mask(plan.key, y)
+    if not mask.any():
+        what = "any of expr, va, au" if plan.key == "joint" else f"a {plan.key!r}"
+        raise UserError(f"{st.path}: no row of the training split has {what} label")
+    rows = train_rows[mask]
+    X, valid = st.read_features(plan.features, rows)
+    if not valid.any():
+        raise UserError(f"{st.path}: no labelled training row has valid features {plan.features!r} "
+                        f"({source}: {plan.key})")
+    X = X[valid] if not valid.all() else X
+    groups = videos[mask][valid]
+    if plan.key == "joint":
+        Y = {t: y[mask][valid] for t, y in labels.items()}
+    else:
+        Y = training_target(plan.key, y[mask][valid])
+    return X, Y, groups
+
+
+def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="val", joint=False, seed=0,
+              backbone=None, name=None, overwrite=False, progress=False) -> dict:
+    """Fit the recipe's heads for `tasks`, predict every row, score `eval`, write run folder and predictions."""
+    out = Path(out)
+    name = name or out.name
+    check_writable(out, overwrite)
+    doc, source = load_recipe(recipe)
+    t_start = time.perf_counter()
+    with FeatureStore.open(store) as st:
+        train_rows, eval_rows = st.rows(train), st.rows(eval)
+        if name in st.runs() and not overwrite:
+            raise UserError(f"{st.path}: predictions {name!r} exist already; choose another --out/--name "
+                            f"or pass --overwrite")
+        entries = _entries(doc, source, tasks, joint)
+        if any("{backbone}" in e["features"] for _, e in entries):
+            arrays = {s: list(st.source_info(s)["arrays"]) for s in st.sources()}
+            backbone = choose_backbone(arrays, backbone, st.path)
+        plans = [Plan(key, fill_backbone(e["features"], backbone, source, f"{key}.features"), e["head"],
+                      dict(e.get("params", {}))) for key, e in entries]
+        sources = {}
+        for plan in plans:
+            try:
+                for src, _ in st.parse_feature_spec(plan.features):
+                    sources[src] = st.source_info(src).get("identity", {})
+            except UserError as e:
+                raise RecipeError(f"{source}: {plan.key}.features {plan.features!r}: {e}") from None
+        fitted, info = [], {}
+        bar = tqdm(plans, desc="fit", unit="head", disable=not progress)
+        for plan in bar:
+            bar.set_postfix_str(f"{plan.key} ({plan.head})")
+            X, Y, groups = _training_data(st, plan, train_rows, source)
+            try:
+                head = make_head(plan.head, plan.kind, plan.params, n_classes=plan.n_classes, seed=seed)
+                if "verbose" in head.get_params():
+                    head.set_params(verbose=progress)
+                t0 = time.perf_counter()
+                head.fit(X, Y, groups=groups)
+            except ValueError as e:
+                raise RecipeError(f"{source}: {plan.key}: {e}") from None
+            info[plan.key] = {"features": plan.features, "head": plan.head, "class": type(head).__name__,
+                              "n_features": int(X.shape[1]), "n_train_rows": int(len(X)),
+                              "fit_seconds": round(time.perf_counter() - t0, 3)}
+            fitted.append((plan, head))
+            del X, Y
+        rows = st.rows()
+        preds = predict_rows(st, fitted, rows, progress=progress)
+        pos = np.searchsorted(rows, eval_rows)
+        labels = {t: st.labels(t, eval_rows) for t in preds}
+        metrics = {"split": eval, **evaluate(labels, {t: p[pos] for t, p in preds.items()})}
+        store_path = str(Path(st.path).resolve())
+    resolved = {"format": doc.get("format", 1), "name": doc.get("name", source),
+                "description": doc.get("description", ""),
+                "tasks": {p.key: _resolved_entry(p, h) for p, h in fitted if p.key != "joint"}}
+    if joint:
+        resolved["joint"] = _resolved_entry(*fitted[0])
+    run_doc = {
+        "format": RUN_FORMAT, "name": name, "command": command, "store": store_path, "train": train,
+        "eval": eval, "seed": seed, "joint": joint, "backbone": backbone, "recipe": source,
+        "heads": info, "sources": sources, "versions": _versions(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
+    write_run(out, run_doc, resolved, metrics, fitted, overwrite=overwrite)
+    write_predictions(store, name, preds, rows, run_attrs={
+        "recipe": json.dumps(resolved), "train": train, "eval": eval, "command": command, "seed": seed,
+        "joint": int(joint), "run_folder": str(out.resolve()),
+    }, head_attrs={t: {"head": p.head, "features": p.features} for p, _ in fitted for t in p.tasks})
+    return metrics
+
+
+def _resolved_entry(plan: Plan, head) -> dict:
+    params = {k: v for k, v in head.get_params().items() if k not in ("random_state", "n_classes", "verbose")}
+    return {"features": plan.features, "head": plan.head, "params": json.loads(json.dumps(params, default=list))}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("featheads", "numpy", "scikit-learn", "torch", "lightgbm"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out

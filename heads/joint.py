@@ -1,0 +1,187 @@
+"""The hard-shared multi-task MLP (Chang et al., ABAW4; seeds/001): shared hidden layer(s), three
+outputs (EXPR softmax, VA tanh, AU sigmoid), each task's loss computed only on the rows of the batch
+that have that task's label (masked losses), summed with `task_weights`.
+
+It sits next to the separate heads (`heads fit mtl` vs `heads fit mtl --joint`) so that both can be
+blended later, as in the paper (p = lambda * single + (1 - lambda) * multi).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from store.schema import MTL_EXPR_CLASSES
+
+from . import losses
+from .targets import au_bce_weights, class_weights
+from .torch_training import (
+    ACTIVATIONS, MLP, as_feature_tensor, check_choice, feature_stats, forward_chunks, holdout_split,
+    seeded, train,
+)
+
+__all__ = ["JointMLPHead"]
+
+TASK_ORDER = ("expr", "va", "au")
+
+
+class JointMLPHead(BaseEstimator):
+    """One network, three outputs, masked losses.
+
+    fit(X, Y) with Y = {"expr": (n,) int, -1 missing; "va": (n, 2) float, NaN missing;
+    "au": (n, k) int, -1 missing}; a row may miss any subset (a row missing all three is dropped).
+    predict_tasks(X) -> {"expr": (n, 8) probabilities, "va": (n, 2) in [-1, 1], "au": (n, k) probabilities}.
+
+    class_weight (EXPR): None, "inverse_max", "balanced" or a list. au_loss: "weighted_bce", "bce",
+    "focal". va_loss: "ccc" (1 - mean CCC over the labelled rows of the batch) or "mse".
+    task_weights: {"expr": 1, "va": 1, "au": 1} multipliers of the three losses.
+    """
+
+    def __init__(self, *, hidden_layer_sizes=(128,), activation="relu", dropout=0.0, l2=0.0,
+                 n_classes=len(MTL_EXPR_CLASSES), class_weight="inverse_max", label_smoothing=0.0,
+                 au_loss="weighted_bce", focal_gamma=2.0, va_loss="ccc", task_weights=None, epochs=10,
+                 batch_size=512, learning_rate=1e-3, early_stopping=False, validation_fraction=0.1,
+                 n_iter_no_change=3, random_state=0, n_threads=None, verbose=False):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.dropout = dropout
+        self.l2 = l2
+        self.n_classes = n_classes
+        self.class_weight = class_weight
+        self.label_smoothing = label_smoothing
+        self.au_loss = au_loss
+        self.focal_gamma = focal_gamma
+        self.va_loss = va_loss
+        self.task_weights = task_weights
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+        self.n_threads = n_threads
+        self.verbose = verbose
+
+    def _check_params(self):
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("au_loss", self.au_loss, ("weighted_bce", "bce", "focal"))
+        check_choice("va_loss", self.va_loss, ("ccc", "mse"))
+        unknown = set(self.task_weights or {}) - set(TASK_ORDER)
+        if unknown:
+            raise ValueError(f"task_weights has unknown tasks {sorted(unknown)}; tasks: {', '.join(TASK_ORDER)}")
+        if self.early_stopping and not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction={self.validation_fraction!r}; expected 0 < f < 1")
+
+    def fit(self, X, Y, groups=None):
+        self._check_params()
+        X = check_array(X, dtype=np.float32)
+        n = len(X)
+        ye = np.asarray(Y["expr"], dtype=np.int64).reshape(n)
+        yv = np.asarray(Y["va"], dtype=np.float32).reshape(n, -1)
+        ya = np.asarray(Y["au"], dtype=np.int64).reshape(n, -1)
+        me, mv, ma = ye >= 0, np.isfinite(yv).all(1), (ya >= 0).all(1)
+        if ye.max(initial=-1) >= self.n_classes:
+            raise ValueError(f"Y['expr'] has labels >= n_classes={self.n_classes}")
+        if ma.any() and not np.isin(ya[ma], (0, 1)).all():
+            raise ValueError("Y['au'] must hold 0/1 on labelled rows (-1 for a missing AU vector)")
+        keep = me | mv | ma
+        if not keep.any():
+            raise ValueError("no row has any of the expr, va, au labels")
+        rng = np.random.default_rng(self.random_state)
+        rows = np.flatnonzero(keep)
+        held = None
+        if self.early_stopping:
+            g = None if groups is None else np.asarray(groups)[rows]
+            fit_pos, held_pos = holdout_split(len(rows), self.validation_fraction, g, rng)
+            rows, held = rows[fit_pos], rows[held_pos]
+        k_au = ya.shape[1]
+        we = class_weights(ye[rows][me[rows]], self.n_classes, self.class_weight)
+        w1, w0 = au_bce_weights(ya[rows][ma[rows]])
+        tw = {t: float((self.task_weights or {}).get(t, 1.0)) for t in TASK_ORDER}
+        t = {
+            "ye": torch.from_numpy(np.where(me, ye, 0)), "me": torch.from_numpy(me),
+            "yv": torch.from_numpy(np.where(mv[:, None], yv, 0.0).astype(np.float32)), "mv": torch.from_numpy(mv),
+            "ya": torch.from_numpy(np.where(ma[:, None], ya, 0).astype(np.float32)), "ma": torch.from_numpy(ma),
+        }
+        we_t = None if we is None else torch.tensor(we, dtype=torch.float32)
+        w1_t, w0_t = torch.tensor(w1, dtype=torch.float32), torch.tensor(w0, dtype=torch.float32)
+        ls, gamma = float(self.label_smoothing), float(self.focal_gamma)
+
+        def loss_fn(out, idx):
+            oe, ov, oa = out
+            total = oe.new_zeros(())
+            m = t["me"][idx]
+            if m.any():
+                total = total + tw["expr"] * losses.cross_entropy(oe[m], t["ye"][idx][m], weight=we_t,
+                                                                  label_smoothing=ls)
+            m = t["mv"][idx]
+            if m.sum() > 1:
+                f = losses.ccc_loss if self.va_loss == "ccc" else losses.mse
+                total = total + tw["va"] * f(ov[m], t["yv"][idx][m])
+            m = t["ma"][idx]
+            if m.any():
+                if self.au_loss == "focal":
+                    la = losses.focal_binary(oa[m], t["ya"][idx][m], gamma=gamma)
+                elif self.au_loss == "bce":
+                    la = losses.weighted_bce(oa[m], t["ya"][idx][m])
+                else:
+                    la = losses.weighted_bce(oa[m], t["ya"][idx][m], w1=w1_t, w0=w0_t)
+                total = total + tw["au"] * la
+            return total
+
+        Xt = as_feature_tensor(X)
+        with seeded(int(rng.integers(2**31)), self.n_threads):
+            rows_t = torch.from_numpy(rows)
+            net = self._build(X.shape[1], k_au)
+            mean, inv_std = feature_stats(Xt, rows_t)
+            net.standardize.mean.copy_(mean)
+            net.standardize.inv_std.copy_(inv_std)
+            history = train(
+                net, Xt, rows_t, loss_fn, epochs=int(self.epochs), batch_size=int(self.batch_size),
+                learning_rate=float(self.learning_rate), l2=float(self.l2),
+                held_rows=None if held is None else torch.from_numpy(held),
+                n_iter_no_change=int(self.n_iter_no_change), verbose=self.verbose, desc="JointMLPHead",
+            )
+        self.network_ = net
+        self.n_features_in_ = X.shape[1]
+        self.n_au_ = k_au
+        self.class_weight_ = None if we is None else we.tolist()
+        self.n_iter_ = history["n_epochs"]
+        self.best_epoch_ = history["best_epoch"]
+        self.loss_curve_ = history["loss_curve"]
+        self.validation_curve_ = history["validation_curve"]
+        return self
+
+    def _build(self, n_features, n_au):
+        return MLP(n_features, tuple(int(h) for h in self.hidden_layer_sizes), (self.n_classes, 2, n_au),
+                   activation=self.activation, dropout=float(self.dropout),
+                   out_activations=("identity", "tanh", "identity"))
+
+    def predict_tasks(self, X) -> dict:
+        check_is_fitted(self, "network_")
+        X = check_array(X, dtype=np.float32)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features; this head was fitted on {self.n_features_in_}")
+        if len(X) == 0:
+            return {"expr": np.zeros((0, self.n_classes), np.float32), "va": np.zeros((0, 2), np.float32),
+                    "au": np.zeros((0, self.n_au_), np.float32)}
+        with seeded(0, self.n_threads):
+            oe, ov, oa = forward_chunks(self.network_, as_feature_tensor(X))
+        return {"expr": torch.softmax(oe, 1).numpy(), "va": ov.numpy(), "au": torch.sigmoid(oa).numpy()}
+
+    def _fitted_state(self):
+        meta = {k: getattr(self, k) for k in ("n_features_in_", "n_au_", "class_weight_", "n_iter_",
+                                              "best_epoch_", "loss_curve_", "validation_curve_")}
+        arrays = {f"network.{k}": v.numpy() for k, v in self.network_.state_dict().items()}
+        return meta, arrays, {}
+
+    def _restore_state(self, meta, arrays, texts):
+        for k, v in meta.items():
+            setattr(self, k, v)
+        net = self._build(meta["n_features_in_"], meta["n_au_"])
+        net.load_state_dict({k[len("network."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        net.eval()
+        self.network_ = net
+

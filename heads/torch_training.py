@@ -1,0 +1,223 @@
+"""The torch pieces shared by the MLP heads: network, seeded training loop, held-out split, inference.
+
+Speed matters here (the loop runs on 2 CPU cores over ~100k x 1290 features): the feature matrix is
+wrapped without a copy, each batch is one `index_select`, standardisation is the network's first
+layer (no standardised copy of X), L2 is Adam's (coupled) weight decay on weight matrices only.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+    "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
+}
+_PREDICT_CHUNK = 16384
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with fit-time statistics stored as buffers (saved with the state dict)."""
+
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("inv_std", torch.ones(n_features))
+
+    def forward(self, x):  # (batch, features)
+        return (x - self.mean) * self.inv_std
+
+
+class MLP(nn.Module):
+    """Standardize -> [Linear -> activation -> Dropout] * len(hidden) -> one Linear per output block.
+
+    heads: output widths; with one entry the forward returns a tensor, else a tuple (joint mode).
+    out_activations: per head, applied in forward ("identity" leaves raw scores for losses that take logits).
+    """
+
+    def __init__(self, n_features: int, hidden: tuple, heads: tuple, *, activation: str, dropout: float,
+                 out_activations: tuple):
+        super().__init__()
+        self.standardize = Standardize(n_features)
+        layers, width = [], n_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.heads = nn.ModuleList(nn.Linear(width, k) for k in heads)
+        self.out_acts = nn.ModuleList(ACTIVATIONS[a]() for a in out_activations)
+
+    def forward(self, x):  # (batch, features) -> (batch, k) or tuple of them
+        z = self.body(self.standardize(x))
+        outs = tuple(act(head(z)) for head, act in zip(self.heads, self.out_acts))
+        return outs[0] if len(outs) == 1 else outs
+
+
+def check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {sorted(map(str, allowed))}")
+
+
+def as_feature_tensor(X) -> torch.Tensor:
+    """float32 C-contiguous tensor sharing memory with X where possible."""
+    return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+
+
+def feature_stats(X: torch.Tensor, rows: torch.Tensor, chunk: int = 32768) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and 1/std of X[rows] per column, accumulated in float64 by chunks (no full copy)."""
+    s = torch.zeros(X.shape[1], dtype=torch.float64)
+    s2 = torch.zeros(X.shape[1], dtype=torch.float64)
+    for i in range(0, len(rows), chunk):
+        xb = X.index_select(0, rows[i:i + chunk]).double()
+        s += xb.sum(0)
+        s2 += (xb * xb).sum(0)
+    n = max(len(rows), 1)
+    mean = s / n
+    var = (s2 / n - mean * mean).clamp_min(0)
+    std = var.sqrt()
+    inv = torch.where(std > 1e-12, 1.0 / std, torch.ones_like(std))
+    return mean.float(), inv.float()
+
+
+def holdout_split(n: int, fraction: float, groups, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split 0..n-1 into (train, held-out) with about `fraction` of rows held out, whole groups at a time."""
+    if groups is None:
+        perm = rng.permutation(n)
+        k = max(1, int(round(fraction * n)))
+        return np.sort(perm[k:]), np.sort(perm[:k])
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for {n} rows")
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    if len(uniq) < 2:
+        raise ValueError("early stopping by groups needs at least 2 groups (videos) in the training rows")
+    sizes = np.bincount(inverse)
+    order = rng.permutation(len(uniq))
+    cum = np.cumsum(sizes[order])
+    k = int(np.searchsorted(cum, fraction * n)) + 1
+    k = min(max(k, 1), len(uniq) - 1)
+    held = np.isin(inverse, order[:k])
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, n_threads: int | None):
+    """Run the block with torch's global RNG seeded (restored afterwards) and optionally n threads."""
+    old_threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if n_threads:
+            torch.set_num_threads(int(n_threads))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old_threads)
+
+
+class Adam:
+    """Adam (Kingma & Ba) with coupled L2 weight decay, the update of torch.optim.Adam.
+
+    Written out because torch.optim's first step imports torch._dynamo, which costs seconds and
+    ~150 MB per process: more than fitting a `paper` head on 100k rows. param_groups:
+    [(params, weight_decay), ...].
+    """
+
+    def __init__(self, param_groups, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = [(p, wd) for ps, wd in param_groups for p in ps]
+        self.lr, self.betas, self.eps, self.t = lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p, _ in self.params]
+        self.v = [torch.zeros_like(p) for p, _ in self.params]
+
+    def zero_grad(self) -> None:
+        for p, _ in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        step_size = self.lr / (1 - b1 ** self.t)
+        bias2 = math.sqrt(1 - b2 ** self.t)
+        for (p, wd), m, v in zip(self.params, self.m, self.v):
+            g = p.grad if not wd else p.grad.add(p, alpha=wd)
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, (v.sqrt() / bias2).add_(self.eps), value=-step_size)
+
+
+def train(model: nn.Module, X: torch.Tensor, train_rows: torch.Tensor, loss_fn, *, epochs: int,
+          batch_size: int, learning_rate: float, l2: float, held_rows: torch.Tensor | None = None,
+          n_iter_no_change: int = 3, verbose: bool = False, desc: str = "mlp") -> dict:
+    """Adam on mini-batches of X[train_rows]; loss_fn(outputs, rows) -> scalar.
+
+    L2: `l2 * sum(W**2)` added to the loss for weight matrices (Keras kernel_regularizer semantics),
+    implemented as Adam weight_decay = 2 * l2. With held_rows, the held-out loss is computed after
+    every epoch; the best epoch's weights are restored and training stops after n_iter_no_change
+    epochs without improvement. Returns {"n_epochs", "best_epoch", "loss_curve", "validation_curve"}.
+    """
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = Adam([(decay, 2.0 * l2), (no_decay, 0.0)], lr=learning_rate)
+    n = len(train_rows)
+    n_batches = max(1, math.ceil(n / batch_size))
+    history = {"loss_curve": [], "validation_curve": [], "best_epoch": epochs, "n_epochs": 0}
+    best, best_state, stale = math.inf, None, 0
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not verbose, leave=False, delay=1.0)
+    for epoch in bar:
+        model.train()
+        perm = train_rows[torch.randperm(n)]
+        total = torch.zeros(())
+        for idx in torch.tensor_split(perm, n_batches):  # near-equal batches, none tiny
+            loss = loss_fn(model(X.index_select(0, idx)), idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(idx)
+        history["loss_curve"].append(float(total) / n)
+        history["n_epochs"] = epoch + 1
+        if held_rows is not None:
+            with torch.no_grad():
+                model.eval()
+                val = float(loss_fn(forward_chunks(model, X, held_rows), held_rows))
+            history["validation_curve"].append(val)
+            bar.set_postfix(loss=f"{history['loss_curve'][-1]:.4f}", held_out=f"{val:.4f}")
+            if val < best - 1e-7:
+                best, stale = val, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                history["best_epoch"] = epoch + 1
+            else:
+                stale += 1
+                if stale >= n_iter_no_change:
+                    break
+        else:
+            bar.set_postfix(loss=f"{history['loss_curve'][-1]:.4f}")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def forward_chunks(model: nn.Module, X: torch.Tensor, rows: torch.Tensor | None = None):
+    """model(X[rows]) in chunks, without autograd; tuples of outputs are concatenated per output."""
+    n = X.shape[0] if rows is None else len(rows)
+    outs = []
+    with torch.no_grad():
+        for i in range(0, n, _PREDICT_CHUNK):
+            xb = X[i:i + _PREDICT_CHUNK] if rows is None else X.index_select(0, rows[i:i + _PREDICT_CHUNK])
+            outs.append(model(xb))
+    if not outs:
+        return None
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat([o[j] for o in outs]) for j in range(len(outs[0])))
+    return torch.cat(outs)
