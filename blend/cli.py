@@ -5,7 +5,12 @@ import click
 
 from store.clitools import LazyGroup
 
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "tune": "blend.tune_cli:tune",
+    "apply": "blend.apply_cli:apply",
+    "submit": "blend.submit_cli:submit",
+    "report": "blend.report_cli:report",
+}
 
 
 @click.group(cls=LazyGroup, lazy=SUBCOMMANDS)

@@ -36,7 +36,7 @@ from .combine import TaskParams
 from .data import TASK_GROUPS
 from .smoothing import Smoothing
 
-__all__ = ["FORMAT", "VERSION", "BlendSpec", "read_spec", "write_spec"]
+__all__ = ["FORMAT", "VERSION", "BlendSpec", "spec_to_json", "parse_spec", "read_spec", "write_spec"]
 
 FORMAT = "featheads-blend-spec"
 VERSION = 1
@@ -101,11 +101,15 @@ def _clean(obj):
     return obj
 
 
+def spec_to_json(spec: BlendSpec, indent: int | None = 2) -> str:
+    return json.dumps(_clean(spec.to_dict()), indent=indent)
+
+
 def write_spec(spec: BlendSpec, path: str | os.PathLike) -> Path:
     """Write atomically (a temporary file renamed over the target)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(spec.to_dict()), indent=2) + "\n")
+    tmp.write_text(spec_to_json(spec) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -119,6 +123,13 @@ def read_spec(path: str | os.PathLike) -> BlendSpec:
         raise UserError(f"{path}: no such blend spec") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    return parse_spec(d, str(path))
+
+
+def parse_spec(d: dict, path: str) -> BlendSpec:
+    """Validate a spec's JSON object; `path` names where it came from in error messages."""
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: a blend spec is a JSON object")
 
     def need(obj, key, kind, where):
         if not isinstance(obj, dict) or key not in obj:

@@ -202,7 +202,7 @@ def tune(
 ) -> TuneResult:
     """Run (or continue) the studies and return the blend spec (not written; see write_spec).
 
-    storage: as `blend tune --storage` (blend.storage); None puts a SQLite file beside spec_path,
+    storage: as `blend tune --storage` (blend.storage); None puts a journal file beside spec_path,
     or keeps studies in memory when there is no spec_path either.
     """
     from tqdm import tqdm

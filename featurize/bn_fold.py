@@ -16,6 +16,7 @@ weight) the original is returned unchanged.
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 
 import torch
@@ -25,11 +26,9 @@ from torch import nn
 def _foldable_bn(m: nn.Module) -> bool:
     if type(m) is nn.BatchNorm2d:
         return m.running_mean is not None
-    try:
-        from timm.layers import BatchNormAct2d
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return False
-    return type(m) is BatchNormAct2d and m.running_mean is not None
+    timm_layers = sys.modules.get("timm.layers")  # a model with timm layers has imported it
+    return (timm_layers is not None and type(m) is timm_layers.BatchNormAct2d
+            and m.running_mean is not None)
 
 
 def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Conv2d, nn.Module]]:

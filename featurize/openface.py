@@ -155,7 +155,8 @@ def _parse_numbers(body: list[str], cols: list[int], header: list[str], path) ->
 def list_frames(folder: Path) -> list[str]:
     """File names FeatureExtraction -fdir reads from `folder`, in its order (sorted, byte-wise)."""
     try:
-        names = [e.name for e in os.scandir(folder) if e.is_file() and os.path.splitext(e.name)[1] in OPENFACE_EXTENSIONS]
+        names = [e.name for e in os.scandir(folder)
+                 if e.is_file() and os.path.splitext(e.name)[1] in OPENFACE_EXTENSIONS]
     except OSError as e:
         raise UserError(f"{folder}: cannot list the frames ({e.strerror or e})") from None
     return sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape"))
@@ -275,7 +276,8 @@ def plan_ingest(store_path, csv_dir, *, images=None, groups=DEFAULT_GROUPS, spli
             for m in members:
                 r = row_of_name.get(keys[m].rpartition("/")[2])
                 if r is None:
-                    reasons["not among the folder's frames"] = reasons.get("not among the folder's frames", 0) + 1
+                    why = "not among the folder's frames"
+                    reasons[why] = reasons.get(why, 0) + 1
                     status[m] = STATUS_INVALID
                 else:
                     pos.append(m)
@@ -303,7 +305,8 @@ def plan_ingest(store_path, csv_dir, *, images=None, groups=DEFAULT_GROUPS, spli
             take(table, np.array([m]), np.array([best]))
 
     if not files:
-        example = sequence_csv_path(csv_dir, next(iter(sorted(by_folder))), images)
+        first = sorted(by_folder)[0]
+        example = sequence_csv_path(csv_dir, first, images) or csv_dir / "<images folder name>.csv"
         raise UserError(
             f"--csv-dir {csv_dir}: no OpenFace CSV for any of the {len(by_folder)} folder(s) of the "
             f"{n} row(s){f' of split {split!r}' if split else ''} (looked for e.g. {example} or per-image "

@@ -50,7 +50,7 @@ def openface(store_path, csv_dir, images, groups, split, source_name, run_binary
                   progress=not no_progress, provenance={"command": " ".join(sys.argv)})
     ok = int((plan.status == 1).sum())
     why = ", ".join(f"{k}: {v}" for k, v in sorted(plan.reasons.items()))
-    kept = f"; {plan.kept} row(s) without a CSV kept their earlier features" if plan.kept else ""
+    kept = f"; {plan.kept} row(s) without a CSV kept what the source had" if plan.kept else ""
     click.echo(
         f"openface: {ok} row(s) ok, {len(plan.status) - ok} invalid{f' ({why})' if why else ''}{kept}; "
         f"{len(plan.columns)} columns from {len(plan.files)} CSV(s) -> source {source_name!r} of {store_path}"

@@ -27,7 +27,7 @@ import click
               help="Autocast precision; fp16 needs --gpu. Part of the source identity.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0),
-              help="Decoding worker processes (0: decode in the main process). Default: one per core, at most 8.")
+              help="Decoding worker processes (0: decode in the main process). Default: half the cores, 1 to 8.")
 @click.option("--strict", is_flag=True, help="Stop at the first missing or unreadable image instead of "
               "recording it as invalid.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N rows (a quick trial).")

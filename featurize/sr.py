@@ -6,13 +6,15 @@ requested scale is not 4, Lanczos-4 resize to (int(W * scale), int(H * scale)) w
 back grey (0.299 R + 0.587 G + 0.114 B, as cv2.COLOR_BGR2GRAY); an alpha channel goes through the
 network on its own, as the reference's default alpha upsampler does.
 
-A folder: every image under --images is written to the same relative path under --out (same name,
-same format), skipping outputs already present; each is written to a hidden part file and renamed, so
+A folder (or .zip archive, read as `featurize run` reads it, featurize/images.py): every image is
+written to the same relative path under --out (same name, same format), so `featurize run` on the
+output finds the same keys; outputs already present are skipped; each is written to a hidden part file and renamed, so
 an interrupted run resumes where it stopped. `featheads_sr.json` in the output folder records what
 made the images; a rerun with other weights or another scale is refused.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -25,14 +27,14 @@ from PIL import Image
 
 from store.errors import UserError
 
-from .rrdbnet import UPSCALE, RRDBNet, describe
+from .images import DECODE_ERRORS, ImageDecodeError, open_image_root
+from .rrdbnet import UPSCALE, RRDBNet
 from .sr_resize import resize_lanczos4
 
 MODEL_NAME = "RealESRGAN_x4plus"
 WEIGHTS_URL = "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
 WEIGHTS_FILE = "RealESRGAN_x4plus.pth"
 SETTINGS_FILE = "featheads_sr.json"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 JPEG_QUALITY = 95  # cv2.imwrite's default, which the reference used
 _GRAY = (0.299, 0.587, 0.114)  # cv2.COLOR_BGR2GRAY weights of R, G, B
 
@@ -116,17 +118,6 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def list_images(root: Path) -> list[Path]:
-    """Image files under `root` (any depth), as sorted paths relative to it."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(dirpath, name).relative_to(root))
-    return sorted(found)
-
-
 def save_image(image: Image.Image, dest: Path) -> None:
     """Write `image` to `dest` atomically, in the format its extension names."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +134,7 @@ def save_image(image: Image.Image, dest: Path) -> None:
 class FolderResult:
     written: int
     skipped: int
-    failed: list[tuple[str, str]]  # (relative path, reason)
+    failed: list[tuple[str, str]]  # (where, reason)
 
 
 def check_settings(out: Path, settings: dict) -> None:
@@ -167,17 +158,17 @@ def check_settings(out: Path, settings: dict) -> None:
     os.replace(part, path)
 
 
-def super_resolve_folder(images: Path, out: Path, upscaler: Upscaler, *, scale: float,
-                         settings: dict, progress: bool = True) -> FolderResult:
-    """Super-resolve every image under `images` into `out` (same relative paths); resumable."""
-    images, out = Path(images), Path(out)
-    if not images.is_dir():
-        raise UserError(f"{images}: no such folder")
-    if out.resolve() == images.resolve():
+def super_resolve_folder(images, out: Path, upscaler: Upscaler, *, scale: float, settings: dict,
+                         subdir: str | None = None, progress: bool = True) -> FolderResult:
+    """Super-resolve every image of `images` (a folder or .zip, optionally its `subdir`) into `out`,
+    at the same relative paths; resumable."""
+    out = Path(out)
+    root = open_image_root(images, subdir)
+    if Path(images).is_dir() and out.resolve() == Path(root.describe("")).resolve():
         raise UserError(f"--out {out} is the --images folder; choose another folder")
-    rels = list_images(images)
+    rels = root.list_images()
     if not rels:
-        raise UserError(f"{images}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+        raise UserError(f"{root.describe('')}: no images found")
     check_settings(out, settings)
     todo = [r for r in rels if not (out / r).is_file()]
     result = FolderResult(written=0, skipped=len(rels) - len(todo), failed=[])
@@ -187,18 +178,19 @@ def super_resolve_folder(images: Path, out: Path, upscaler: Upscaler, *, scale: 
                dynamic_ncols=True)
     for rel in todo:
         try:
-            with Image.open(images / rel) as im:
+            with Image.open(io.BytesIO(root.read_bytes(rel))) as im:
                 im.load()
                 image = im.copy()
             sr = upscaler.upscale(image, scale)
         except torch.OutOfMemoryError:
             bar.close()
+            w, h = image.size
             raise UserError(
-                f"{images / rel}: out of {upscaler.device.type.upper()} memory at {image.size[0]}x{image.size[1]}; "
+                f"{root.describe(rel)}: out of {upscaler.device.type.upper()} memory at {w}x{h}; "
                 "rerun with --tile 256 (or smaller): finished images are kept"
             ) from None
-        except (OSError, ValueError, UserError) as e:  # unreadable or unsupported image: report, go on
-            result.failed.append((str(rel), str(e)))
+        except (ImageDecodeError, UserError, *DECODE_ERRORS) as e:  # unreadable or unsupported: report, go on
+            result.failed.append((root.describe(rel), str(e)))
             bar.update(1)
             continue
         save_image(sr, out / rel)

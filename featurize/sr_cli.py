@@ -9,8 +9,9 @@ from store.errors import UserError
 
 
 @click.command()
-@click.option("--images", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of input images (searched at any depth).")
+@click.option("--images", required=True, type=click.Path(path_type=Path),
+              help="Input images: a folder (searched at any depth) or a .zip archive.")
+@click.option("--subdir", help="Folder inside --images to use as the root, e.g. train in a zip.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: same relative paths, names and formats as the input.")
 @click.option("--scale", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -25,7 +26,7 @@ from store.errors import UserError
 @click.option("--tile-pad", default=10, show_default=True, type=click.IntRange(min=0),
               help="Context pixels around each tile, discarded after.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def sr(images, out, scale, weights, gpu, half, tile, tile_pad, no_progress):
+def sr(images, subdir, out, scale, weights, gpu, half, tile, tile_pad, no_progress):
     """Super-resolve every image under --images into --out with Real-ESRGAN x4plus.
 
     Resumable: images already in --out are skipped and each output is written to a part file and
@@ -62,12 +63,12 @@ def sr(images, out, scale, weights, gpu, half, tile, tile_pad, no_progress):
         "torch": torch.__version__,
     }
     upscaler = Upscaler(model, device="cuda" if gpu else "cpu", half=half, tile=tile, tile_pad=tile_pad)
-    result = super_resolve_folder(images, out, upscaler, scale=scale, settings=settings,
+    result = super_resolve_folder(images, out, upscaler, scale=scale, settings=settings, subdir=subdir,
                                   progress=not no_progress)
     click.echo(f"sr: {result.written} written, {result.skipped} already there, {len(result.failed)} failed -> {out}")
     if result.failed:
-        for rel, reason in result.failed[:10]:
-            click.echo(f"  {images / rel}: {reason}", err=True)
+        for where, reason in result.failed[:10]:
+            click.echo(f"  {where}: {reason}", err=True)
         more = len(result.failed) - 10
         raise UserError(
             f"{len(result.failed)} image(s) under {images} could not be super-resolved"

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .targets import au_bce_weights, check_binary_matrix, class_weights, encode_classes
 
@@ -51,7 +52,9 @@ class _LGBMBase(BaseEstimator):
     def _dataset(self, X, label, weight=None):
         lgb = _lgb()
         ds = lgb.Dataset(X, label=label, weight=weight, free_raw_data=False,
-                         params={"max_bin": int(self.max_bin), "verbosity": -1, "seed": int(self.random_state)})
+                         params={"max_bin": int(self.max_bin), "min_data_in_leaf": int(self.min_child_samples),
+                                 "feature_pre_filter": False, "verbosity": -1, "seed": int(self.random_state),
+                                 "num_threads": int(self.n_threads or 0)})
         return ds.construct()
 
     def _train(self, params, ds):
@@ -59,10 +62,13 @@ class _LGBMBase(BaseEstimator):
 
     def _check_X(self, X):
         check_is_fitted(self, "boosters_")
-        X = check_array(X, dtype=np.float32)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features; this head was fitted on {self.n_features_in_}")
-        return X
+        return validate_data(self, X, reset=False, dtype=np.float32)
+
+    def _check_fit_data(self, X, y, **kw):
+        X, y = validate_data(self, X, y, dtype=np.float32, **kw)
+        if len(X) < 2:
+            raise ValueError(f"LightGBM needs at least 2 samples; got {len(X)} sample")
+        return X, y
 
     def _fitted_state(self):
         meta = {"n_features_in_": int(self.n_features_in_),
@@ -110,10 +116,11 @@ class LGBMClassifierHead(ClassifierMixin, _LGBMBase):
         self.n_threads = n_threads
 
     def fit(self, X, y, groups=None):
-        X, y = check_X_y(X, y, dtype=np.float32)
+        X, y = self._check_fit_data(X, y)
+        check_classification_targets(y)
         self.classes_, y_enc = encode_classes(y, self.n_classes)
         k = len(self.classes_)
-        w = class_weights(y_enc, k, self.class_weight)
+        w = class_weights(y_enc, k, self.class_weight, self.classes_)
         if len(np.unique(y_enc)) == 1:
             self.boosters_, self.constant_ = [None], [float(y_enc[0])]
         else:
@@ -132,7 +139,8 @@ class LGBMClassifierHead(ClassifierMixin, _LGBMBase):
         return self.boosters_[0].predict(X).reshape(len(X), -1)
 
     def predict(self, X):
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def _fitted_state(self):
         meta, arrays, texts = super()._fitted_state()
@@ -166,7 +174,7 @@ class LGBMMultilabelHead(_LGBMBase):
         self.n_threads = n_threads
 
     def fit(self, X, y, groups=None):
-        X, y = check_X_y(X, y, dtype=np.float32, multi_output=True)
+        X, y = self._check_fit_data(X, y, multi_output=True)
         y = check_binary_matrix(y)
         if self.class_weight not in (None, "balanced"):
             raise ValueError(f"class_weight={self.class_weight!r}; allowed: None, 'balanced'")
@@ -219,8 +227,13 @@ class LGBMRegressorHead(RegressorMixin, _LGBMBase):
         self.random_state = random_state
         self.n_threads = n_threads
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
     def fit(self, X, y, groups=None):
-        X, y = check_X_y(X, y, dtype=np.float32, multi_output=True, y_numeric=True)
+        X, y = self._check_fit_data(X, y, multi_output=True, y_numeric=True)
         self._single_output = y.ndim == 1
         y2 = y.reshape(len(y), -1).astype(np.float64)
         ds = None

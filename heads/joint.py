@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from store.schema import MTL_EXPR_CLASSES
 
@@ -76,7 +76,7 @@ class JointMLPHead(BaseEstimator):
 
     def fit(self, X, Y, groups=None):
         self._check_params()
-        X = check_array(X, dtype=np.float32)
+        X = validate_data(self, X, dtype=np.float32)
         n = len(X)
         ye = np.asarray(Y["expr"], dtype=np.int64).reshape(n)
         yv = np.asarray(Y["va"], dtype=np.float32).reshape(n, -1)
@@ -161,9 +161,7 @@ class JointMLPHead(BaseEstimator):
 
     def predict_tasks(self, X) -> dict:
         check_is_fitted(self, "network_")
-        X = check_array(X, dtype=np.float32)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features; this head was fitted on {self.n_features_in_}")
+        X = validate_data(self, X, reset=False, dtype=np.float32)
         if len(X) == 0:
             return {"expr": np.zeros((0, self.n_classes), np.float32), "va": np.zeros((0, 2), np.float32),
                     "au": np.zeros((0, self.n_au_), np.float32)}

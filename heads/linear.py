@@ -13,7 +13,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .targets import au_bce_weights, check_binary_matrix, class_weights, encode_classes
 
@@ -31,9 +32,7 @@ class _ArrayLinear(BaseEstimator):
 
     def _scores(self, X) -> np.ndarray:
         check_is_fitted(self, "coef_")
-        X = check_array(X, dtype=np.float32)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features; this head was fitted on {self.n_features_in_}")
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return X.astype(np.float64, copy=False) @ self.coef_.T + self.intercept_
 
     def _fitted_state(self):
@@ -77,14 +76,16 @@ class LogisticHead(ClassifierMixin, _ArrayLinear):
         self.random_state = random_state
 
     def fit(self, X, y, groups=None):
-        X, y = check_X_y(X, y, dtype=[np.float64, np.float32])
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
         self.classes_, y_enc = encode_classes(y, self.n_classes)
         k = len(self.classes_)
-        w = class_weights(y_enc, k, self.class_weight)
+        w = class_weights(y_enc, k, self.class_weight, self.classes_)
         present = np.unique(y_enc)
         Xs, mean, scale = _standardized(X)
         coef = np.zeros((k, X.shape[1]))
         intercept = np.full(k, -1e4)  # classes absent from the training rows: probability ~0
+        self.n_iter_ = 0
         if len(present) == 1:
             intercept[present[0]] = 0.0
         else:
@@ -94,6 +95,7 @@ class LogisticHead(ClassifierMixin, _ArrayLinear):
             if len(present) == 2:  # sklearn stores one row for two classes: softmax([0, z]) = sigmoid(z)
                 c, b = np.vstack([np.zeros_like(c), c]), np.concatenate([[0.0], b])
             coef[present], intercept[present] = c, b
+            self.n_iter_ = int(np.max(lr.n_iter_))
         self.coef_, self.intercept_ = _unstandardize(coef, intercept, mean, scale)
         self.n_features_in_ = X.shape[1]
         return self
@@ -102,16 +104,19 @@ class LogisticHead(ClassifierMixin, _ArrayLinear):
         return _softmax(self._scores(X))
 
     def predict(self, X):
-        return self.classes_[np.argmax(self._scores(X), axis=1)]
+        scores = self._scores(X)
+        return self.classes_[np.argmax(scores, axis=1)]
 
     def _fitted_state(self):
         meta, arrays, texts = super()._fitted_state()
         meta["classes_"] = self.classes_.tolist()
+        meta["n_iter_"] = self.n_iter_
         return meta, arrays, texts
 
     def _restore_state(self, meta, arrays, texts):
         super()._restore_state(meta, arrays, texts)
         self.classes_ = np.asarray(meta["classes_"])
+        self.n_iter_ = meta["n_iter_"]
 
 
 class LogisticMultilabelHead(_ArrayLinear):
@@ -128,7 +133,7 @@ class LogisticMultilabelHead(_ArrayLinear):
         self.random_state = random_state
 
     def fit(self, X, y, groups=None):
-        X, y = check_X_y(X, y, dtype=[np.float64, np.float32], multi_output=True)
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True)
         y = check_binary_matrix(y)
         if self.class_weight not in (None, "balanced"):
             raise ValueError(f"class_weight={self.class_weight!r}; allowed: None, 'balanced'")
@@ -162,13 +167,19 @@ class RidgeHead(RegressorMixin, _ArrayLinear):
         self.alpha = alpha
         self.clip = clip
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
     def fit(self, X, y, groups=None):
-        X, y = check_X_y(X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True)
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True)
         self._single_output = y.ndim == 1
         y2 = y.reshape(len(y), -1).astype(np.float64)
         Xs, mean, scale = _standardized(X)
         r = Ridge(alpha=self.alpha).fit(Xs, y2)
-        self.coef_, self.intercept_ = _unstandardize(r.coef_, r.intercept_, mean, scale)
+        coef, intercept = np.atleast_2d(r.coef_), np.atleast_1d(r.intercept_)
+        self.coef_, self.intercept_ = _unstandardize(coef, intercept, mean, scale)
         self.n_features_in_ = X.shape[1]
         return self
 

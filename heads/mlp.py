@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import losses
 from .targets import au_bce_weights, check_binary_matrix, class_weights, encode_classes
@@ -101,12 +102,10 @@ class _MLPHead(BaseEstimator):
 
     def _raw(self, X) -> np.ndarray:
         check_is_fitted(self, "network_")
-        X = check_array(X, dtype=np.float32)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features; this head was fitted on {self.n_features_in_}")
+        X = validate_data(self, X, reset=False, dtype=np.float32)
         with seeded(0, self.n_threads):
             out = forward_chunks(self.network_, as_feature_tensor(X))
-        return np.zeros((0, self.n_outputs_), np.float32) if out is None else out.numpy()
+        return np.zeros((0, self.n_outputs_)) if out is None else out.numpy().astype(np.float64)
 
     # -- persistence (heads.persist): arrays only, no pickle
     def _fitted_state(self) -> tuple[dict, dict, dict]:
@@ -165,7 +164,8 @@ class MLPClassifierHead(ClassifierMixin, _MLPHead):
         self.verbose = verbose
 
     def fit(self, X, y, groups=None):
-        X, y = check_X_y(X, y, dtype=np.float32)
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
         return self._fit(X, y, groups)
 
     def _prepare_targets(self, y):
@@ -173,7 +173,7 @@ class MLPClassifierHead(ClassifierMixin, _MLPHead):
         return y_enc, torch.from_numpy(y_enc), len(self.classes_)
 
     def _make_loss(self, y_fit):
-        w = class_weights(y_fit, len(self.classes_), self.class_weight)
+        w = class_weights(y_fit, len(self.classes_), self.class_weight, self.classes_)
         self.class_weight_ = None if w is None else w.tolist()
         wt = None if w is None else torch.tensor(w, dtype=torch.float32)
         if self.loss == "focal":
@@ -199,7 +199,8 @@ class MLPClassifierHead(ClassifierMixin, _MLPHead):
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X):
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 class MLPMultilabelHead(_MLPHead):
@@ -234,7 +235,7 @@ class MLPMultilabelHead(_MLPHead):
         self.verbose = verbose
 
     def fit(self, X, y, groups=None):
-        X, y = check_X_y(X, y, dtype=np.float32, multi_output=True)
+        X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True)
         return self._fit(X, y, groups)
 
     def _prepare_targets(self, y):
@@ -285,8 +286,13 @@ class MLPRegressorHead(RegressorMixin, _MLPHead):
         self.n_threads = n_threads
         self.verbose = verbose
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
     def fit(self, X, y, groups=None):
-        X, y = check_X_y(X, y, dtype=np.float32, multi_output=True, y_numeric=True)
+        X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True, y_numeric=True)
         return self._fit(X, y, groups)
 
     def _prepare_targets(self, y):

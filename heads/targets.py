@@ -31,15 +31,20 @@ def check_binary_matrix(y) -> np.ndarray:
     return y.astype(np.int8)
 
 
-def class_weights(y: np.ndarray, n_classes: int, scheme) -> np.ndarray | None:
+def class_weights(y: np.ndarray, n_classes: int, scheme, classes=None) -> np.ndarray | None:
     """Per-class loss weights from the training labels y (n,) in 0..n_classes-1.
 
     scheme: None (no weights); "inverse_max": max(count) / count, so the most frequent class has 1.0
     (REFERENCE.md, EXPR head); "balanced": mean(count) / count over the classes present (LSD head,
-    scikit-learn's "balanced"); or a sequence of n_classes numbers. Absent classes get weight 0.
+    scikit-learn's "balanced"); a sequence of n_classes numbers; or a dict {class: weight} (keys are
+    the labels in `classes`, or their str() as in JSON; classes not named get 1). Absent classes get
+    weight 0 under "inverse_max" and "balanced".
     """
     if scheme is None:
         return None
+    if isinstance(scheme, dict):
+        classes = range(n_classes) if classes is None else classes
+        return np.array([float(scheme.get(c, scheme.get(str(c), 1.0))) for c in classes])
     if not isinstance(scheme, str):
         w = np.asarray(scheme, dtype=np.float64)
         if w.shape != (n_classes,):

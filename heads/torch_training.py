@@ -23,6 +23,7 @@ ACTIVATIONS = {
     "identity": nn.Identity,
 }
 _PREDICT_CHUNK = 16384
+_MIN_IMPROVEMENT = 1e-4  # relative decrease of the held-out loss that counts as progress (early stopping)
 
 
 class Standardize(nn.Module):
@@ -70,8 +71,9 @@ def check_choice(name: str, value, allowed) -> None:
 
 
 def as_feature_tensor(X) -> torch.Tensor:
-    """float32 C-contiguous tensor sharing memory with X where possible."""
-    return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    """float32 C-contiguous tensor sharing memory with X where possible (read-only arrays are copied)."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    return torch.from_numpy(X if X.flags.writeable else X.copy())
 
 
 def feature_stats(X: torch.Tensor, rows: torch.Tensor, chunk: int = 32768) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +166,7 @@ def train(model: nn.Module, X: torch.Tensor, train_rows: torch.Tensor, loss_fn, 
     L2: `l2 * sum(W**2)` added to the loss for weight matrices (Keras kernel_regularizer semantics),
     implemented as Adam weight_decay = 2 * l2. With held_rows, the held-out loss is computed after
     every epoch; the best epoch's weights are restored and training stops after n_iter_no_change
-    epochs without improvement. Returns {"n_epochs", "best_epoch", "loss_curve", "validation_curve"}.
+    epochs without a relative improvement of 1e-4. Returns {"n_epochs", "best_epoch", "loss_curve", "validation_curve"}.
     """
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -192,7 +194,7 @@ def train(model: nn.Module, X: torch.Tensor, train_rows: torch.Tensor, loss_fn, 
                 val = float(loss_fn(forward_chunks(model, X, held_rows), held_rows))
             history["validation_curve"].append(val)
             bar.set_postfix(loss=f"{history['loss_curve'][-1]:.4f}", held_out=f"{val:.4f}")
-            if val < best - 1e-7:
+            if best == math.inf or val < best - _MIN_IMPROVEMENT * abs(best):
                 best, stale = val, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 history["best_epoch"] = epoch + 1

@@ -123,3 +123,30 @@ def write_lsd_store(path, *, seed: int = 0, n_val: int = 240, n_test: int = 60) 
             st.write_features(LOGIT_SOURCE, rows, {"embeddings": rng.normal(size=(n, 4)), "logits": logits},
                               np.full(n, STATUS_OK))
     return path
+
+
+def write_expr_store(path, *, n_rows: int = 26876, n_videos: int = 70, n_runs: int = 3, n_labelled: int = 15440,
+                     seed: int = 0) -> Path:
+    """One "val" split of exactly n_rows frames (s-Aff-Wild2 validation sized by default: 26,876 rows,
+    15,440 with an expression label) and n_runs expr runs "run0", "run1", ... of varying quality."""
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.choice(np.arange(1, n_rows), n_videos - 1, replace=False))
+    lengths = np.diff(np.concatenate([[0], cuts, [n_rows]]))
+    keys, videos, frames, expr = [], [], [], []
+    for v, m in enumerate(lengths):
+        f = np.cumsum(1 + (rng.random(m) < 0.05))  # a few missing frames
+        e = np.repeat(rng.integers(0, 8, m // 5 + 1), rng.integers(5, 40, m // 5 + 1))[:m]
+        e = np.concatenate([e, np.full(m - len(e), e[-1] if len(e) else 0)])
+        keys += [f"video{v:03d}/{k:05d}.jpg" for k in f]
+        videos += [f"video{v:03d}"] * m
+        frames.append(f)
+        expr.append(e)
+    truth = np.concatenate(expr)
+    y = truth.copy()
+    y[rng.permutation(n_rows)[n_labelled:]] = -1
+    with FeatureStore.open(Path(path), "a") as st:
+        rows = st.add_samples(keys, split="val", videos=videos, frames=np.concatenate(frames), labels={"expr": y})
+        for r in range(n_runs):
+            p = _softmax((1.0 + 0.5 * r) * np.eye(8)[truth] + rng.normal(0, 1.5, (n_rows, 8)))
+            st.write_predictions(f"run{r}", "expr", p.astype(np.float32), rows, names=MTL_EXPR_CLASSES)
+    return Path(path)

@@ -89,7 +89,7 @@ def test_later_ingest_keeps_rows_it_has_no_csv_for(tmp_path):
     assert read_values(store)["b/1.jpg"][0] == STATUS_INVALID  # no CSV yet
     res = run("--store", store, "--csv-dir", tmp_path / "csv2", "--images", tmp_path / "img")
     assert res.exit_code == 0, res.output
-    assert "2 row(s) without a CSV kept their earlier features" in res.output
+    assert "2 row(s) without a CSV kept what the source had" in res.output
     got = read_values(store)
     assert all(got[k][0] == STATUS_OK for k in got)
     np.testing.assert_allclose(got["a/2.jpg"][1], au_a[1], rtol=1e-6)

@@ -73,7 +73,8 @@ def test_unknown_group():
         (lambda lines: lines.__setitem__(0, lines[0].replace("success", "ok")), r"line 1 has no 'success' column"),
         (lambda lines: lines.__setitem__(0, lines[0].replace("AU", "XX")), r"no 'au' columns .*run with -aus"),
         (lambda lines: lines.__setitem__(0, "time" + lines[0][5:]), r"line 1 starts with 'time'"),
-        (lambda lines: lines.__setitem__(2, "2.5" + lines[2][1:]), r"line 3 column 'frame': '2.5' is not a whole number"),
+        (lambda lines: lines.__setitem__(2, "2.5" + lines[2][1:]),
+         r"line 3 column 'frame': '2.5' is not a whole number"),
     ],
 )
 def test_bad_csv_names_file_line_and_column(tmp_path, edit, message):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+import zipfile
 
 import numpy as np
 import pytest
@@ -70,6 +71,18 @@ def test_same_tree_scaled(tmp_path, images, weights, scale):
     settings = json.loads((out / SETTINGS_FILE).read_text())
     assert settings["scale"] == scale and settings["model"] == "RealESRGAN_x4plus"
     assert settings["network"]["num_block"] == 1
+
+
+def test_zip_archive_with_subdir(tmp_path, images, weights):
+    """Read like `featurize run` reads a zip: --subdir picks the root, keys are paths below it."""
+    with zipfile.ZipFile(tmp_path / "lsd.zip", "w") as z:
+        for p in images.rglob("*"):
+            if p.is_file():
+                z.write(p, "train/" + str(p.relative_to(images)))
+    res = sr("--images", tmp_path / "lsd.zip", "--subdir", "train", "--out", tmp_path / "out", "--weights", weights)
+    assert res.exit_code == 0, res.output
+    assert tree(tmp_path / "out") == sorted(["FEAR/g.png", "FEAR/t.png", "HAPPINESS/a.jpg", "HAPPINESS/b.jpg",
+                                             SETTINGS_FILE])
 
 
 def test_deterministic_and_tiles(tmp_path, images, weights):

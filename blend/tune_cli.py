@@ -1,0 +1,98 @@
+"""`blend tune`: an Optuna study over blend weights, smoothing and per-AU thresholds -> spec JSON."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .data import TASK_GROUPS
+
+
+def _format_weights(weights: dict) -> str:
+    return ", ".join(f"{n} {w:.3f}" for n, w in weights.items())
+
+
+def _format_smoothing(s) -> str:
+    if s.kind == "none":
+        return "none"
+    return f"{s.kind} delta={s.delta}" + (f" sigma={s.sigma:.3g}" if s.kind == "gaussian" else "")
+
+
+def summary_lines(spec) -> list[str]:
+    """The table `blend tune` prints: per task weights, smoothing, in-sample and out-of-fold scores."""
+    ins = spec.scores.get("in_sample") or {}
+    oof = spec.scores.get("out_of_fold") or {}
+    from .combine import SCORE_KEYS
+
+    lines = [f"{'task':<5} {'score':<7} {'in-sample':>9} {'out-of-fold':>11}  weights | smoothing"]
+    for t, p in spec.tasks.items():
+        k = SCORE_KEYS[t]
+        o = f"{oof[k]:>11.4f}" if k in oof else f"{'-':>11}"
+        lines.append(f"{t:<5} {k:<7} {ins[k]:>9.4f} {o}  {_format_weights(p.weights)} | {_format_smoothing(p.smoothing)}")
+        if p.thresholds is not None:
+            from store.schema import AU_NAMES
+
+            lines.append("      thresholds: " + " ".join(f"{a}={v:.3f}" for a, v in zip(AU_NAMES, p.thresholds)))
+    if "P_MTL" in ins:
+        o = f"{oof['P_MTL']:>11.4f}" if "P_MTL" in oof else f"{'-':>11}"
+        lines.append(f"{'mtl':<5} {'P_MTL':<7} {ins['P_MTL']:>9.4f} {o}")
+    return lines
+
+
+@click.command("tune")
+@click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False), help="Feature store (HDF5).")
+@click.option("--runs", required=True,
+              help="Comma-separated inputs: prediction runs of the store, or logits:<source> for a backbone's logits.")
+@click.option("--task", required=True, type=click.Choice(list(TASK_GROUPS)),
+              help="What to tune: one task, or mtl (expr, va and au together, objective P_MTL).")
+@click.option("--split", default="val", show_default=True, help="Split whose labels the blend is tuned on.")
+@click.option("--trials", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Finished trials each study reaches; the same command continues an interrupted study.")
+@click.option("--storage", default=None,
+              help="Optuna storage: a path ending .log (journal file), another path (SQLite file), an RDB URL "
+                   "(sqlite:///..., postgresql://...), or 'memory'. Default: <out stem>.optuna.log beside --out.")
+@click.option("--study", "study_name", default=None, help="Study name (default blend-<task>-<split>).")
+@click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2),
+              help="Folds grouped by video: parameters chosen on the other folds, scored on the held-out one.")
+@click.option("--in-sample", is_flag=True,
+              help="Tune and score on the same rows only (the published practice): no out-of-fold estimate.")
+@click.option("--max-delta", default=30, show_default=True, type=click.IntRange(min=0),
+              help="Largest smoothing window, in frames each side; 0 leaves smoothing out.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the samplers and of the folds.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Blend spec (JSON) to write.")
+@click.pass_context
+def tune(ctx, store_path, runs, task, split, trials, storage, study_name, cv, in_sample, max_delta, seed, out):
+    """Tune blend weights, temporal smoothing and per-AU thresholds with Optuna; write a blend spec.
+
+    \b
+    Example:
+      blend tune --store s.h5 --runs mlp,openface --task mtl --split val --trials 300 --out mtl.json
+    """
+    from click.core import ParameterSource
+
+    from .inputs import parse_input_names
+    from .spec import write_spec
+    from .storage import describe_storage
+    from .tune import tune as run_tune
+
+    if in_sample and ctx.get_parameter_source("cv") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--cv and --in-sample exclude each other")
+    inputs = parse_input_names(runs)
+    try:
+        result = run_tune(store_path, inputs, task, split, trials=trials, storage=storage, study_name=study_name,
+                          cv=0 if in_sample else cv, seed=seed, max_delta=max_delta, spec_path=out)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: finished trials are kept in the study; run the same command again to continue",
+                   err=True)
+        sys.exit(130)
+    spec = result.spec
+    write_spec(spec, out)
+    for line in summary_lines(spec):
+        click.echo(line)
+    rows = spec.rows
+    for t, n in rows["scored"].items():
+        if n < rows["labelled"][t]:
+            click.echo(f"note: {rows['labelled'][t] - n} labelled {t} rows have no prediction from any input "
+                       "and are not scored", err=True)
+    click.echo(f"wrote {out} (study {spec.study['name']!r} in {describe_storage(spec.study['storage'])}, "
+               f"{spec.study['trials']} trials)")
