@@ -194,6 +194,7 @@ class HeadPlan:
 
     name: str
     plan: object
+    threads: int | None = None  # n_threads of heads that have it (MLP, LightGBM); None: their default
 
     def fit_predict(self, X, y, groups, fit, predict, seed) -> np.ndarray:
         from heads.plan import head_scores, training_target
@@ -201,11 +202,13 @@ class HeadPlan:
 
         p = self.plan
         head = make_head(p.head, p.kind, p.params, n_classes=p.n_classes, seed=seed)
+        if self.threads and "n_threads" in head.get_params():
+            head.set_params(n_threads=self.threads)
         head.fit(X[fit], training_target(p.key, y[fit]), groups=groups[fit])
         return head_scores(p, head, X[predict])[p.key]
 
 
-def head_plans(recipes: list[str], task: str, source: str) -> list[HeadPlan]:
+def head_plans(recipes: list[str], task: str, source: str, threads: int | None = None) -> list[HeadPlan]:
     """The head of every recipe that has `task` (recipes are heads.recipe names or JSON files)."""
     from heads.plan import Plan
     from heads.recipe import fill_backbone, load_recipe
@@ -218,7 +221,7 @@ def head_plans(recipes: list[str], task: str, source: str) -> list[HeadPlan]:
             continue
         features = fill_backbone(entry["features"], source, where, f"tasks.{task}.features")
         label = f"{Path(recipe).stem} ({entry['head']})"
-        out.append(HeadPlan(label, Plan(task, features, entry["head"], dict(entry.get("params", {})))))
+        out.append(HeadPlan(label, Plan(task, features, entry["head"], dict(entry.get("params", {}))), threads))
     return out
 
 
@@ -361,7 +364,7 @@ def task_metrics(task: str, y: np.ndarray, out: dict) -> dict:
     return res
 
 
-def evaluate_dataset(ds: Dataset, recipes, *, folds, inner_folds, trials, seed, progress) -> dict:
+def evaluate_dataset(ds: Dataset, recipes, *, folds, inner_folds, trials, seed, threads, progress) -> dict:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -374,7 +377,7 @@ def evaluate_dataset(ds: Dataset, recipes, *, folds, inner_folds, trials, seed, 
         tasks = [t for t, y in labels.items() if FeatureStore.label_mask(t, y).any()]
         if not tasks:
             raise UserError(f"{ds.store}: the rows to evaluate carry no expr, au or va label")
-        plans = {t: head_plans(recipes, t, ds.source) for t in tasks}
+        plans = {t: head_plans(recipes, t, ds.source, threads) for t in tasks}
         X = {spec: st.read_features(spec, rows)[0] for spec in {p.plan.features for ps in plans.values() for p in ps}}
         logits, ok = st.read_features(f"{ds.source}.logits", rows)  # validity is per source
         logit_names = [n.split(".")[-1] for n in st.feature_names(f"{ds.source}.logits")]
@@ -462,6 +465,10 @@ def format_dataset(res: dict) -> str:
     return "\n".join(out)
 
 
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())  # 1/5/15 min; other work skews the timings
+
+
 def machine() -> str:
     model = platform.processor() or platform.machine()
     try:
@@ -473,17 +480,21 @@ def machine() -> str:
     import torch
 
     return (f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, torch threads {torch.get_num_threads()}")
+            f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def results_section(datasets: list[dict], *, command: str, seconds: float, backbone: str) -> str:
+def results_section(datasets: list[dict], *, command: str, seconds: float, backbone: str, threads,
+                    load_start: str) -> str:
     date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     names = " and ".join(d["dataset"] for d in datasets)
     head = [f"## Real data: `{backbone}` end to end on {names} (bench/real_data.py)", "",
-            f"- Date: {date}", f"- Machine: {machine()}", f"- Command: `{command}`",
-            f"- Runtime of the whole benchmark: {seconds:.0f} s ({seconds / 60:.1f} min), featurizing included.",
+            f"- Date: {date}", f"- Machine: {machine()}",
+            f"- Load average (1/5/15 min) at the start {load_start}, at the end {_load()} (shared machine).",
+            f"- Command: `{command}`",
+            f"- Runtime of the whole benchmark: {seconds:.0f} s ({seconds / 60:.1f} min), featurizing included; "
+            f"head fits with {threads or 'the library default of'} thread(s) each.",
             "- Predictors: `zero-shot` = the backbone's own logits mapped to the MTL classes (softmax); one head per "
-            "recipe, fitted on embeddings+logits; `blend` = Optuna-tuned weights of all of them (blend's search "
+            "recipe (built-in recipes: fitted on embeddings+logits); `blend` = Optuna-tuned weights of all of them (blend's search "
             "space), tuned on out-of-fold predictions of the training rows only. AU `tuned thr.` = blend's exact "
             "F1-optimal per-AU thresholds chosen on the same out-of-fold predictions. Expression macro F1 is "
             "averaged over the classes present in the labels.", ""]
@@ -522,6 +533,9 @@ def _split_csv(text: str) -> list[str]:
 @click.option("--recipes", default="paper,logistic,lightgbm", show_default=True,
               help="Comma-separated head recipes (built-in names or JSON files); each gives one head per task.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Subsets, folds, heads and studies.")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Threads of each MLP/LightGBM head fit (0: the library default). One thread is fastest for "
+                   "the many small fits of CK+ and on a busy machine (OpenMP spin-waits when cores are shared).")
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="abaw-mtl: training annotation file (ABAW4 MTL layout).")
 @click.option("--eval-annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -541,7 +555,7 @@ def _split_csv(text: str) -> list[str]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Image decoding processes (default: one per core, <= 8).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def main(datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_folds, trials, recipes, seed,
+def main(datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_folds, trials, recipes, seed, threads,
          annotations, eval_annotations, images, store_path, train_split, test_split, groups, results,
          no_results, gpu, batch_size, workers, no_progress):
     """Real-data benchmark: featurize -> store -> heads -> blend on FER2013 and CK+ (or your ABAW data)."""
@@ -551,10 +565,10 @@ def main(datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_fo
         raise click.ClickException(str(e)) from None
 
 
-def run(*, datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_folds, trials, recipes, seed,
+def run(*, datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_folds, trials, recipes, seed, threads,
         annotations, eval_annotations, images, store_path, train_split, test_split, groups, results,
         no_results, gpu, batch_size, workers, no_progress) -> list[dict]:
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), _load()
     datasets = list(datasets) or ["fer2013", "ckplus"]
     recipes = _split_csv(recipes)
     if not recipes:
@@ -593,13 +607,14 @@ def run(*, datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_
         else:
             prepared.append(prepare_store(store_path, backbone, train_split, test_split, groups, limit, seed))
         res = evaluate_dataset(prepared[-1], recipes, folds=folds, inner_folds=inner_folds, trials=trials,
-                               seed=seed, progress=not no_progress)
+                               seed=seed, threads=threads or None, progress=not no_progress)
         prepared[-1] = res
         click.echo("\n" + format_dataset(res) + "\n")
 
     seconds = time.perf_counter() - start
     command = "python bench/real_data.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    section = results_section(prepared, command=command.strip(), seconds=seconds, backbone=backbone)
+    section = results_section(prepared, command=command.strip(), seconds=seconds, backbone=backbone,
+                              threads=threads, load_start=load_start)
     click.echo(f"Runtime of the whole benchmark: {seconds:.0f} s")
     json_path = work_dir / "real_data_results.json"
     json_path.write_text(json.dumps({"command": command, "seconds": round(seconds, 1), "datasets": prepared},

@@ -25,7 +25,7 @@ __all__ = ["blend_split", "apply_spec", "headline"]
 
 def blend_split(spec: BlendSpec, store: FeatureStore, split: str) -> tuple[BlendData, dict[str, np.ndarray]]:
     """Blend, smooth and clip every task of the spec on a split: (data, {task: (n, C) scores})."""
-    data = BlendData.load(store, spec.inputs, spec.task, split, max_delta=spec.max_delta(),
+    data = BlendData.load(store, spec.inputs, spec.task, split, max_delta=spec.smoothing_window(),
                           per_task_inputs=spec.task_inputs())
     out = {}
     for t, p in spec.tasks.items():

@@ -75,11 +75,12 @@ class TaskBlend:
     def scores(self, weights: dict[str, float], smoothing: Smoothing) -> np.ndarray:
         """(C, n) scores of the blend; NaN on rows no input covers."""
         w = self.weight_vector(weights)
-        out = (w @ self._cols).reshape(self.width, self.n)
+        # A weighted sum input by input (not a BLAS product: the same bits whatever the threads).
+        out = _weighted_sum(self._cols, w).reshape(self.width, self.n)
         if self._present is not None:
-            den = w @ self._present  # (n,) total weight of the inputs present on each row
+            den = _weighted_sum(self._present, w)  # (n,) total weight of the inputs present on each row
             with np.errstate(invalid="ignore", divide="ignore"):
-                out = out / den
+                out /= den
             zero = self.covered & (den <= 0)  # only zero-weight inputs here: take their plain mean
             if zero.any():
                 cnt = self._present[:, zero].sum(axis=0)
@@ -93,6 +94,16 @@ class TaskBlend:
         if self.task == "va":
             np.clip(out, -1.0, 1.0, out=out)
         return out
+
+
+def _weighted_sum(stack: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """sum_r w[r] * stack[r] for a (R, m) stack, in input order."""
+    out = stack[0] * w[0]
+    tmp = np.empty_like(out)
+    for r in range(1, len(w)):
+        np.multiply(stack[r], w[r], out=tmp)
+        out += tmp
+    return out
 
 
 def _argmax_columns(s: np.ndarray) -> np.ndarray:

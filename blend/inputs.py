@@ -2,11 +2,12 @@
 
 An input name is either a run (`/predictions/<run>/<task>`, written by `heads fit`, OpenFace heads,
 or an earlier `blend apply`) or `logits:<source>`, the logits of a feature source read as
-predictions: a softmax over the AffectNet emotion logits (found by their names), mapped to the MTL
-order (Other <- Contempt, store.schema.AFFECTNET_TO_MTL) for expr and to the 6 LSD classes
-(renormalised to sum to 1) for lsd; the `valence` and `arousal` logits as they are for va.
-A logits source without names is read as the MT-EmotiEffNet layout (8 AffectNet emotions, then
-valence and arousal) when it has 8 or 10 columns.
+predictions. Logits are matched to classes by their names (store.schema.EXPR_NAME_TO_MTL: AffectNet
+"Anger" ... "Contempt", FER2013 "angry" ... "neutral", any case): a softmax over the emotion logits,
+placed in the MTL order for expr (AffectNet Contempt -> Other; a class without a logit gets 0), and
+the six basic emotions renormalised to sum to 1 for lsd; the `valence` and `arousal` logits as they
+are for va. A logits source without names is read as the MT-EmotiEffNet layout (8 AffectNet
+emotions, then valence and arousal) when it has 8 or 10 columns.
 
 Every input gives an (n, width) float32 array for the task, NaN on rows it does not cover.
 """
@@ -16,7 +17,7 @@ import numpy as np
 
 from store.errors import UserError
 from store.feature_store import FeatureStore
-from store.schema import AFFECTNET_CLASSES, AFFECTNET_TO_LSD, AFFECTNET_TO_MTL, VA_NAMES, get_task
+from store.schema import AFFECTNET_CLASSES, EXPR_NAME_TO_MTL, MTL_TO_LSD, VA_NAMES, get_task
 
 __all__ = ["LOGITS_PREFIX", "task_width", "parse_input_names", "input_tasks", "read_input", "read_inputs"]
 
@@ -60,16 +61,22 @@ def _logit_columns(store: FeatureStore, source: str) -> list[str]:
     return list(names)
 
 
+def _emotion_columns(names: list[str]) -> list[tuple[int, int]]:
+    """(logit column, MTL class) of every logit whose name is an emotion."""
+    return [(i, EXPR_NAME_TO_MTL[n.lower()]) for i, n in enumerate(names) if n.lower() in EXPR_NAME_TO_MTL]
+
+
 def input_tasks(store: FeatureStore, name: str) -> list[str]:
     """The tasks an input can give predictions for."""
     if name.startswith(LOGITS_PREFIX):
-        cols = set(_logit_columns(store, name[len(LOGITS_PREFIX):]))
+        names = _logit_columns(store, name[len(LOGITS_PREFIX):])
+        classes = {c for _, c in _emotion_columns(names)}
         out = []
-        if {AFFECTNET_CLASSES[i] for i in AFFECTNET_TO_MTL} <= cols:
+        if len(classes) >= 2:
             out.append("expr")
-        if set(VA_NAMES) <= cols:
+        if set(VA_NAMES) <= set(names):
             out.append("va")
-        if {AFFECTNET_CLASSES[i] for i in AFFECTNET_TO_LSD} <= cols:
+        if set(MTL_TO_LSD) <= classes:
             out.append("lsd")
         return out
     runs = store.runs()
@@ -89,15 +96,16 @@ def _read_logits(store: FeatureStore, source: str, task: str, rows: np.ndarray) 
     X, valid = store.read_features(f"{source}.logits", rows)
     X = X.astype(np.float64)
     X[~valid] = np.nan
-    where = {n: i for i, n in enumerate(names)}
     if task == "va":
-        return X[:, [where[n] for n in VA_NAMES]].astype(np.float32)
-    emotions = [n for n in AFFECTNET_CLASSES if n in where]
-    probs = _softmax(X[:, [where[n] for n in emotions]])  # over the emotion logits only
-    col = {n: i for i, n in enumerate(emotions)}
+        return X[:, [names.index(n) for n in VA_NAMES]].astype(np.float32)
+    cols = _emotion_columns(names)
+    probs = _softmax(X[:, [i for i, _ in cols]])  # over the emotion logits only
+    mtl = np.zeros((len(X), len(get_task("expr").names)))
+    np.add.at(mtl.T, [c for _, c in cols], probs.T)
+    mtl[~np.isfinite(probs).all(axis=1)] = np.nan
     if task == "expr":
-        return probs[:, [col[AFFECTNET_CLASSES[i]] for i in AFFECTNET_TO_MTL]].astype(np.float32)
-    six = probs[:, [col[AFFECTNET_CLASSES[i]] for i in AFFECTNET_TO_LSD]]
+        return mtl.astype(np.float32)
+    six = mtl[:, sorted(MTL_TO_LSD, key=MTL_TO_LSD.get)]
     return (six / six.sum(axis=1, keepdims=True)).astype(np.float32)
 
 

@@ -26,7 +26,7 @@ from .combine import SCORE_KEYS, decide, fit_score, task_metrics
 from .data import BlendData
 from .spec import BlendSpec, parse_spec
 
-__all__ = ["TaskReport", "task_reports", "metrics_table", "run_spec", "weight_curves", "write_report"]
+__all__ = ["TaskReport", "task_reports", "spec_reports", "metrics_table", "run_spec", "weight_curves", "write_report"]
 
 
 @dataclass
@@ -66,6 +66,19 @@ def task_reports(store: FeatureStore, run: str, split: str) -> dict[str, TaskRep
                             thr if thr is not None or t != "au" else np.full(len(AU_NAMES), 0.5))
     if not out:
         raise UserError(f"{store.path}: run {run!r} has no prediction on a labelled row of split {split!r}")
+    return out
+
+
+def spec_reports(spec: BlendSpec, data: BlendData) -> dict[str, TaskReport]:
+    """Reports of a spec on loaded data, in memory (nothing written): what `blend apply` then
+    `task_reports` would give on the same split."""
+    out = {}
+    for t, p in spec.tasks.items():
+        idx = data.scored[t]
+        scores = data.blends[t].scores(p.weights, p.smoothing)[:, idx]
+        dec = decide(t, scores, p.thresholds)
+        y = data.labels[t][idx]
+        out[t] = TaskReport(t, y, dec, task_metrics(t, y, dec), p.thresholds)
     return out
 
 

@@ -13,7 +13,8 @@ left as they are. Rows with a NaN in any column neither contribute nor get a val
 The rows are laid out once on a dense time line (sorted by video then frame; gaps longer than the
 largest window shrink to one window, videos are separated by one window of empty cells), so each
 call is a few vectorised passes over that line: one per frame offset for the Gaussian, a cumulative
-sum for the box. Build one `TemporalSmoother` per set of rows and call it many times:
+sum for the box (an FFT for Gaussian windows wider than FFT_ABOVE frames). Build one
+`TemporalSmoother` per set of rows and call it many times:
 
     sm = TemporalSmoother(videos, frames, max_delta=30)
     smoothed = sm(scores, "gaussian", delta=12, sigma=40.0)    # (n, C) -> (n, C)
@@ -27,6 +28,7 @@ import numpy as np
 __all__ = ["KINDS", "Smoothing", "TemporalSmoother", "smooth"]
 
 KINDS = ("none", "box", "gaussian")
+FFT_ABOVE = 12  # Gaussian windows wider than this many frames each side are summed by FFT
 
 
 @dataclass(frozen=True)
@@ -83,14 +85,17 @@ class TemporalSmoother:
         dup = np.flatnonzero(same_video & (gap == 0))
         if len(dup):
             i = order[dup[0]]
-            raise ValueError(f"video {str(videos[i])!r} has two rows with frame {int(frames[i])}; frame numbers must be unique per video")
+            raise ValueError(f"video {str(videos[i])!r} has two rows with frame {int(frames[i])}; "
+                             "frame numbers must be unique per video")
         window = self.max_delta + 1
         step = np.where(same_video, np.minimum(gap, window), window)
         step[:1] = 0
         self.rows = order  # rows placed on the time line
+        self._all_rows_in_order = bool(len(order) == self.n and np.array_equal(order, np.arange(self.n)))
         self.pos = np.cumsum(step)  # their cells
         self.length = int(self.pos[-1]) + 1 if len(order) else 0
         self.temporal = bool(np.any(same_video & (gap <= self.max_delta)))  # some row has a neighbour
+        self._buffers: dict = {}
 
     def __call__(self, values, kind: str, delta: int = 0, sigma: float | None = None) -> np.ndarray:
         """Smooth values (n,) or (n, C); returns an array of the same shape and float dtype."""
@@ -101,7 +106,7 @@ class TemporalSmoother:
         return self.smooth_columns(cols, Smoothing(kind, delta, sigma)).T.reshape(v.shape)
 
     def smooth_columns(self, cols: np.ndarray, smoothing: Smoothing) -> np.ndarray:
-        """Smooth a columns-first array (C, n) -> (C, n); the fast path used inside studies."""
+        """Smooth a columns-first array (C, n) -> new (C, n) array; the fast path used inside studies."""
         cols = np.asarray(cols)
         if not np.issubdtype(cols.dtype, np.floating):
             cols = cols.astype(np.float64)
@@ -111,45 +116,85 @@ class TemporalSmoother:
         if delta > self.max_delta:
             raise ValueError(f"delta {delta} is larger than this smoother's max_delta {self.max_delta}")
         n_cols = cols.shape[0]
-        on_line = cols[:, self.rows]  # (C, m)
+        on_line = cols if self._all_rows_in_order else cols[:, self.rows]  # (C, m)
         ok = np.isfinite(on_line).all(axis=0)  # (m,)
-        grid = np.zeros((n_cols + 1, self.length), dtype=cols.dtype)  # values, then the presence row
-        grid[:n_cols, self.pos] = np.where(ok, on_line, 0)
-        grid[n_cols, self.pos] = ok
+        all_ok = bool(ok.all())
+        # The line lives in the middle of a zero-padded buffer kept between calls: cells that hold
+        # no row are never written, so they stay 0, and shifted views need no copies.
+        line = self._buffer("line", (n_cols + 1, self.length + 2 * self.max_delta), cols.dtype, zero=True)
+        cells = line[:, self.max_delta:self.max_delta + self.length]
+        cells[:n_cols, self.pos] = on_line if all_ok else np.where(ok, on_line, 0)
+        cells[n_cols, self.pos] = ok  # the presence row: sums to the total weight of each window
         if smoothing.kind == "box":
-            total = _box_sum(grid, delta)
+            total = self._box_sum(line, delta)
         else:
             d = np.arange(delta + 1, dtype=np.float64)
-            weights = np.exp(-(d * d) / float(smoothing.sigma))
-            total = _symmetric_sum(grid, weights)
+            total = self._symmetric_sum(line, np.exp(-(d * d) / float(smoothing.sigma)))
+        done = total[:n_cols, self.pos]
+        done /= total[n_cols, self.pos]
+        if not all_ok:
+            done[:, ~ok] = np.nan
+        if self._all_rows_in_order:
+            return done
         out = cols.copy()
-        done = total[:n_cols, self.pos] / total[n_cols, self.pos]
-        out[:, self.rows] = np.where(ok, done, np.nan)
+        out[:, self.rows] = done
+        return out
+
+    # Work buffers are kept between calls: fresh multi-megabyte arrays cost page faults on every
+    # call, which dominated the time of a trial.
+    def _buffer(self, name: str, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
+        key = (name, shape, np.dtype(dtype).str)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = np.zeros(shape, dtype=dtype) if zero else np.empty(shape, dtype=dtype)
+        return buf
+
+    def _symmetric_sum(self, line: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """sum over |k| <= K of weights[|k|] * cell[t + k] for the cells of the padded line.
+
+        Short kernels go offset by offset; longer ones through an FFT, whose cost does not grow
+        with K (in float32 the two agree to about 1e-6).
+        """
+        K, pad, length = len(weights) - 1, self.max_delta, self.length
+        if K > FFT_ABOVE:
+            return _fft_symmetric_sum(line[:, pad - K:pad + length + K], weights)[:, K:K + length]
+        w = weights.astype(line.dtype)
+        shape = (line.shape[0], length)
+        out = self._buffer("sum", shape, line.dtype)
+        tmp = self._buffer("tmp", shape, line.dtype)
+        np.multiply(line[:, pad:pad + length], w[0], out=out)
+        for k in range(1, K + 1):
+            np.add(line[:, pad - k:pad - k + length], line[:, pad + k:pad + k + length], out=tmp)
+            tmp *= w[k]
+            out += tmp
+        return out
+
+    def _box_sum(self, line: np.ndarray, delta: int) -> np.ndarray:
+        """sum over |k| <= delta of cell[t + k], from one cumulative sum (float64 against cancellation)."""
+        pad, length = self.max_delta, self.length
+        # csum[:, j] = sum of line[:, :j]; the window of cell t is csum[t + pad + delta + 1] - csum[t + pad - delta]
+        csum = self._buffer("csum", (line.shape[0], line.shape[1] + 1), np.float64)
+        csum[:, 0] = 0
+        np.cumsum(line, axis=1, dtype=np.float64, out=csum[:, 1:])
+        out = self._buffer("sum", (line.shape[0], length), line.dtype)
+        np.subtract(csum[:, pad + delta + 1:pad + delta + 1 + length], csum[:, pad - delta:pad - delta + length],
+                    out=out, casting="same_kind")
         return out
 
 
-def _symmetric_sum(grid: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """sum over |k| <= K of weights[|k|] * grid[:, t + k] (cells outside the line count as 0)."""
-    w = weights.astype(grid.dtype)
-    out = grid * w[0]
-    tmp = np.empty_like(grid)
-    for k in range(1, len(w)):
-        np.multiply(grid[:, :-k], w[k], out=tmp[:, :-k])
-        out[:, k:] += tmp[:, :-k]
-        np.multiply(grid[:, k:], w[k], out=tmp[:, :-k])
-        out[:, :-k] += tmp[:, :-k]
-    return out
+def _fft_symmetric_sum(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Linear (not circular) correlation of each row of x with the symmetric kernel, via scipy.fft."""
+    import scipy.fft
 
-
-def _box_sum(grid: np.ndarray, delta: int) -> np.ndarray:
-    """sum over |k| <= delta of grid[:, t + k], from one cumulative sum (float64 against cancellation)."""
-    length = grid.shape[1]
-    csum = np.zeros((grid.shape[0], length + 1), dtype=np.float64)
-    np.cumsum(grid, axis=1, dtype=np.float64, out=csum[:, 1:])
-    t = np.arange(length)
-    hi = np.minimum(t + delta + 1, length)
-    lo = np.maximum(t - delta, 0)
-    return (csum[:, hi] - csum[:, lo]).astype(grid.dtype, copy=False)
+    K, length = len(weights) - 1, x.shape[1]
+    n = scipy.fft.next_fast_len(length + K, real=True)
+    kernel = np.zeros(n)
+    kernel[:K + 1] = weights
+    kernel[n - K:] = weights[1:][::-1]  # negative offsets wrap around
+    spectrum = scipy.fft.rfft(kernel).astype(np.result_type(x.dtype, np.complex64))
+    f = scipy.fft.rfft(x, n=n, axis=1)
+    f *= spectrum
+    return scipy.fft.irfft(f, n=n, axis=1)[:, :length].astype(x.dtype, copy=False)
 
 
 def smooth(values, videos, frames, kind: str, delta: int = 0, sigma: float | None = None) -> np.ndarray:

@@ -12,7 +12,7 @@
       "scores": {"in_sample": {"P_EXPR": ..., "P_MTL": ...}, "out_of_fold": {...} or null},
       "cv": {"folds": 5, "group_by": "video", "seed": 0, "fold_scores": [...]} or {"folds": 0},
       "study": {"name": ..., "storage": ..., "trials": 200, "best_trial": 117, "sampler": "TPESampler", "seed": 0},
-      "rows": {"split": 26876, "scored": {"expr": 15440, ...}},
+      "rows": {"split": 26876, "labelled": {...}, "scored": {"expr": 15440, ...}}, "max_delta": 30,
       "store": "/abs/path/store.h5", "created": "...", "toolkit_version": "..."
     }
 
@@ -32,11 +32,11 @@ import numpy as np
 from store.errors import UserError
 from store.schema import AU_NAMES
 
-from .combine import TaskParams
+from .combine import SCORE_KEYS, TaskParams
 from .data import TASK_GROUPS
 from .smoothing import Smoothing
 
-__all__ = ["FORMAT", "VERSION", "BlendSpec", "spec_to_json", "parse_spec", "read_spec", "write_spec"]
+__all__ = ["FORMAT", "VERSION", "BlendSpec", "spec_to_json", "parse_spec", "read_spec", "write_spec", "summary_lines"]
 
 FORMAT = "featheads-blend-spec"
 VERSION = 1
@@ -52,6 +52,7 @@ class BlendSpec:
     cv: dict = field(default_factory=dict)
     study: dict = field(default_factory=dict)
     rows: dict = field(default_factory=dict)
+    max_delta: int = 0  # the largest smoothing window the study searched (lays out the time line)
     store: str = ""
     created: str = ""
     toolkit_version: str = ""
@@ -59,8 +60,10 @@ class BlendSpec:
     def task_inputs(self) -> dict[str, list[str]]:
         return {t: list(p.weights) for t, p in self.tasks.items()}
 
-    def max_delta(self) -> int:
-        return max([p.smoothing.delta for p in self.tasks.values() if p.smoothing.kind != "none"] or [0])
+    def smoothing_window(self) -> int:
+        """Window to lay the time line out with: the study's, so that apply sums exactly as tune did."""
+        used = [p.smoothing.delta for p in self.tasks.values() if p.smoothing.kind != "none"]
+        return max(used + [int(self.max_delta)])
 
     def to_dict(self) -> dict:
         tasks = {}
@@ -73,7 +76,7 @@ class BlendSpec:
         return {
             "format": FORMAT, "version": VERSION, "task": self.task, "split": self.split,
             "inputs": list(self.inputs), "tasks": tasks, "scores": self.scores, "cv": self.cv,
-            "study": self.study, "rows": self.rows, "store": self.store,
+            "study": self.study, "rows": self.rows, "max_delta": int(self.max_delta), "store": self.store,
             "created": self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "toolkit_version": self.toolkit_version or _toolkit_version(),
         }
@@ -133,9 +136,9 @@ def parse_spec(d: dict, path: str) -> BlendSpec:
 
     def need(obj, key, kind, where):
         if not isinstance(obj, dict) or key not in obj:
-            raise UserError(f"{path}: missing key {where}{key!r}")
+            raise UserError(f"{path}: missing key '{where}{key}'")
         if not isinstance(obj[key], kind):
-            raise UserError(f"{path}: key {where}{key!r} must be {kind.__name__ if isinstance(kind, type) else 'a number'}")
+            raise UserError(f"{path}: key '{where}{key}' must be a {'JSON object' if kind is dict else 'string'}")
         return obj[key]
 
     if d.get("format") != FORMAT:
@@ -178,6 +181,35 @@ def parse_spec(d: dict, path: str) -> BlendSpec:
     return BlendSpec(
         task=task, split=str(d.get("split", "")), inputs=list(d.get("inputs", [])), tasks=tasks,
         scores=d.get("scores", {}), cv=d.get("cv", {}), study=d.get("study", {}), rows=d.get("rows", {}),
+        max_delta=int(d.get("max_delta", 0) or 0),
         store=str(d.get("store", "")), created=str(d.get("created", "")),
         toolkit_version=str(d.get("toolkit_version", "")),
     )
+
+
+def _format_weights(weights: dict) -> str:
+    return ", ".join(f"{n} {w:.3f}" for n, w in weights.items())
+
+
+def _format_smoothing(s) -> str:
+    if s.kind == "none":
+        return "none"
+    return f"{s.kind} delta={s.delta}" + (f" sigma={s.sigma:.3g}" if s.kind == "gaussian" else "")
+
+
+def summary_lines(spec) -> list[str]:
+    """The table `blend tune` prints: per task weights, smoothing, in-sample and out-of-fold scores."""
+    ins = spec.scores.get("in_sample") or {}
+    oof = spec.scores.get("out_of_fold") or {}
+    lines = [f"{'task':<5} {'score':<7} {'in-sample':>9} {'out-of-fold':>11}  weights | smoothing"]
+    for t, p in spec.tasks.items():
+        k = SCORE_KEYS[t]
+        o = f"{oof[k]:>11.4f}" if k in oof else f"{'-':>11}"
+        how = f"{_format_weights(p.weights)} | {_format_smoothing(p.smoothing)}"
+        lines.append(f"{t:<5} {k:<7} {ins[k]:>9.4f} {o}  {how}")
+        if p.thresholds is not None:
+            lines.append("      thresholds: " + " ".join(f"{a}={v:.3f}" for a, v in zip(AU_NAMES, p.thresholds)))
+    if "P_MTL" in ins:
+        o = f"{oof['P_MTL']:>11.4f}" if "P_MTL" in oof else f"{'-':>11}"
+        lines.append(f"{'mtl':<5} {'P_MTL':<7} {ins['P_MTL']:>9.4f} {o}")
+    return lines

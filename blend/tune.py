@@ -26,6 +26,7 @@ continue on anything else.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ from .data import BlendData, task_list
 from .folds import grouped_folds
 from .smoothing import KINDS, Smoothing
 from .spec import BlendSpec
-from .storage import describe_storage, resolve_storage
+from .storage import describe_storage, is_file_storage, resolve_storage
 
 __all__ = ["TuneResult", "suggest_params", "evaluate", "tune", "study_objective"]
 
@@ -146,12 +147,14 @@ def _open_study(storage, storage_label: str, name: str, config: dict, seed: int)
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                     sampler=sampler, load_if_exists=True)
     except Exception as e:  # a broken file, an unreachable database ...
-        raise UserError(f"--storage {describe_storage(storage_label)}: cannot open study {name!r} ({type(e).__name__}: {e})") from None
+        where = describe_storage(storage_label)
+        raise UserError(f"--storage {where}: cannot open study {name!r} ({type(e).__name__}: {e})") from None
     old = study.user_attrs.get("featheads")
     if old is None:
         if study.trials:
             raise UserError(
-                f"study {name!r} in {describe_storage(storage_label)} was not made by blend tune; choose another --study"
+                f"study {name!r} in {describe_storage(storage_label)} was not made by blend tune; "
+                "choose another --study"
             )
         study.set_user_attr("featheads", config)
     elif old != config:
@@ -170,19 +173,57 @@ def _finished(study) -> int:
     return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
-def _optimize(study, objective, trials: int, bar) -> None:
+FLUSH_SECONDS = 2.0  # a buffered study writes its finished trials to the storage at least this often
+
+
+def _optimize(study, objective, trials: int, bar, *, buffered: bool) -> None:
+    """Run the study until it has `trials` finished trials.
+
+    buffered: sample and evaluate against an in-memory copy of the study and write the finished
+    trials to the real storage in batches (every FLUSH_SECONDS, at the end, and on Ctrl-C or an
+    error), one write per trial instead of one per parameter and state change. Used for file
+    storages, where each write is a synced append; database URLs are written directly, so that
+    several workers sharing one study see each other's trials at once.
+    """
+    import optuna
+
     remaining = trials - _finished(study)
     if remaining <= 0:
         return
+    name = study.study_name
 
-    def tick(study, trial):
+    def tick(s, trial):
         bar.update(1)
         try:
-            bar.set_postfix_str(f"{study.study_name} best {study.best_value:.4f}", refresh=False)
+            bar.set_postfix_str(f"{name} best {s.best_value:.4f}", refresh=False)
         except ValueError:  # no finished trial yet
             pass
 
-    study.optimize(objective, n_trials=remaining, callbacks=[tick])
+    if not buffered:
+        study.optimize(objective, n_trials=remaining, callbacks=[tick])
+        return
+    complete = optuna.trial.TrialState.COMPLETE
+    memory = optuna.create_study(direction="maximize", sampler=study.sampler)
+    memory.add_trials([t for t in study.trials if t.state == complete])  # the history the sampler learns from
+    written = len(memory.trials)
+    last_flush = time.monotonic()
+
+    def flush():
+        nonlocal written, last_flush
+        new = memory.trials[written:]
+        study.add_trials([t for t in new if t.state == complete])
+        written += len(new)
+        last_flush = time.monotonic()
+
+    def tick_and_flush(s, trial):
+        tick(s, trial)
+        if time.monotonic() - last_flush >= FLUSH_SECONDS:
+            flush()
+
+    try:
+        memory.optimize(objective, n_trials=remaining, callbacks=[tick_and_flush])
+    finally:
+        flush()
 
 
 def tune(
@@ -202,7 +243,7 @@ def tune(
 ) -> TuneResult:
     """Run (or continue) the studies and return the blend spec (not written; see write_spec).
 
-    storage: as `blend tune --storage` (blend.storage); None puts a journal file beside spec_path,
+    storage: as `blend tune --storage` (blend.storage); None puts a SQLite file beside spec_path,
     or keeps studies in memory when there is no spec_path either.
     """
     from tqdm import tqdm
@@ -221,13 +262,13 @@ def tune(
     if storage is None and spec_path is None:
         storage = "memory"
     storage_obj, storage_label = resolve_storage(storage, spec_path or "blend.json")
+    buffered = is_file_storage(storage_label)
     base = study_name or f"blend-{task}-{split}"
     config = {
         "task": task, "split": split, "inputs": list(inputs), "max_delta": int(max_delta) if data.temporal else 0,
         "cv": int(cv), "seed": int(seed), "fingerprint": data.fingerprint(),
     }
 
-    fold_of_row = None
     if cv:
         temporal = data.temporal
         groups = data.videos if temporal else np.arange(len(data.rows))
@@ -241,7 +282,8 @@ def tune(
             held = {t: data.scored[t][fold_of_row[data.scored[t]] == k] for t in tasks}
             for t in tasks:
                 if len(train[t]) == 0:
-                    raise UserError(f"--cv {cv}: fold {k + 1} leaves no labelled {t!r} rows to tune on; use fewer folds")
+                    raise UserError(f"--cv {cv}: fold {k + 1} leaves no labelled {t!r} rows to tune on; "
+                                    "use fewer folds")
             name = f"{base}-fold{k + 1}of{cv}"
             study = _open_study(storage_obj, storage_label, name, {**config, "fold": k + 1}, seed + k + 1)
             plans.append((study, train, held))
@@ -251,40 +293,14 @@ def tune(
         total = sum(max(0, trials - _finished(s)) for s, _, _ in plans)
         with tqdm(total=total, desc="blend tune", unit="trial", disable=not progress or total == 0) as bar:
             for study, positions, _ in plans:
-                _optimize(study, study_objective(data, positions), trials, bar)
+                _optimize(study, study_objective(data, positions), trials, bar, buffered=buffered)
 
-    # Out-of-fold decisions: each fold's rows decided with the parameters its own study chose.
     cv_info: dict = {"folds": int(cv)}
     oof_summary = None
     if cv:
-        oof = {t: None for t in tasks}  # decisions on data.scored[t], filled fold by fold
-        fold_scores = []
-        for k, (study, train, held) in enumerate(plans[:-1]):
-            params = _fixed_params(data, study)
-            train_score, parts = evaluate(data, params, train)
-            held_total = 0.0
-            for t in tasks:
-                scores = data.blends[t].scores(params[t].weights, params[t].smoothing)
-                dec = decide(t, scores[:, held[t]], parts[t][1])
-                if oof[t] is None:
-                    oof[t] = np.zeros((len(data.scored[t]),) + dec.shape[1:], dtype=dec.dtype)
-                oof[t][np.searchsorted(data.scored[t], held[t])] = dec
-                if len(held[t]):
-                    held_total += task_metrics(t, data.labels[t][held[t]], dec)[SCORE_KEYS[t]]
-            fold_scores.append({"fold": k + 1, "train": float(train_score), "held_out": float(held_total),
-                                "rows": {t: int(len(held[t])) for t in tasks}})
-        per_task = {t: task_metrics(t, data.labels[t][data.scored[t]], oof[t]) for t in tasks}
-        oof_summary = _summary(task, per_task)
+        oof_summary, fold_scores = _out_of_fold(data, task, plans[:-1])
         cv_info.update({"group_by": group_by, "seed": int(seed), "fold_scores": fold_scores})
-
-    params = _fixed_params(data, final)
-    _, parts = evaluate(data, params, data.scored)
-    per_task = {}
-    for t in tasks:
-        params[t].thresholds = parts[t][1]
-        scores = data.blends[t].scores(params[t].weights, params[t].smoothing)
-        per_task[t] = task_metrics(t, data.labels[t][data.scored[t]], decide(t, scores[:, data.scored[t]], parts[t][1]))
-    in_sample = _summary(task, per_task)
+    params, in_sample = _in_sample(data, task, final)
 
     spec = BlendSpec(
         task=task, split=split, inputs=list(inputs), tasks=params,
@@ -292,13 +308,50 @@ def tune(
         cv=cv_info,
         study={"name": base, "storage": describe_storage(storage_label), "trials": _finished(final),
                "best_trial": int(final.best_trial.number), "best_value": float(final.best_value),
-               "sampler": "TPESampler", "seed": int(seed), "max_delta": config["max_delta"]},
+               "sampler": "TPESampler", "seed": int(seed)},
         rows={"split": int(len(data.rows)),
               "labelled": {t: int(st_mask.sum()) for t, st_mask in _labelled(data).items()},
               "scored": {t: int(len(data.scored[t])) for t in tasks}},
+        max_delta=config["max_delta"],
         store=store_abs,
     )
     return TuneResult(spec=spec, study=final, fold_studies=[p[0] for p in plans[:-1]], data=data)
+
+
+def _out_of_fold(data: BlendData, task: str, fold_plans: list) -> tuple[dict, list]:
+    """Each fold's held-out rows decided with the parameters its own study chose on the other folds
+    (AU thresholds included); the pooled decisions give the out-of-fold scores."""
+    oof = {t: None for t in data.tasks}  # decisions on data.scored[t], filled fold by fold
+    fold_scores = []
+    for k, (study, train, held) in enumerate(fold_plans):
+        params = _fixed_params(data, study)
+        train_score, parts = evaluate(data, params, train)
+        held_total = 0.0
+        for t in data.tasks:
+            scores = data.blends[t].scores(params[t].weights, params[t].smoothing)
+            dec = decide(t, scores[:, held[t]], parts[t][1])
+            if oof[t] is None:
+                oof[t] = np.zeros((len(data.scored[t]),) + dec.shape[1:], dtype=dec.dtype)
+            oof[t][np.searchsorted(data.scored[t], held[t])] = dec
+            if len(held[t]):
+                held_total += task_metrics(t, data.labels[t][held[t]], dec)[SCORE_KEYS[t]]
+        fold_scores.append({"fold": k + 1, "train": float(train_score), "held_out": float(held_total),
+                            "rows": {t: int(len(held[t])) for t in data.tasks}})
+    per_task = {t: task_metrics(t, data.labels[t][data.scored[t]], oof[t]) for t in data.tasks}
+    return _summary(task, per_task), fold_scores
+
+
+def _in_sample(data: BlendData, task: str, study) -> tuple[dict[str, TaskParams], dict]:
+    """The study's best parameters with their in-sample thresholds, and their in-sample scores."""
+    params = _fixed_params(data, study)
+    _, parts = evaluate(data, params, data.scored)
+    per_task = {}
+    for t in data.tasks:
+        idx = data.scored[t]
+        params[t].thresholds = parts[t][1]
+        scores = data.blends[t].scores(params[t].weights, params[t].smoothing)
+        per_task[t] = task_metrics(t, data.labels[t][idx], decide(t, scores[:, idx], parts[t][1]))
+    return params, _summary(task, per_task)
 
 
 def _labelled(data: BlendData) -> dict[str, np.ndarray]:

@@ -8,37 +8,6 @@ import click
 from .data import TASK_GROUPS
 
 
-def _format_weights(weights: dict) -> str:
-    return ", ".join(f"{n} {w:.3f}" for n, w in weights.items())
-
-
-def _format_smoothing(s) -> str:
-    if s.kind == "none":
-        return "none"
-    return f"{s.kind} delta={s.delta}" + (f" sigma={s.sigma:.3g}" if s.kind == "gaussian" else "")
-
-
-def summary_lines(spec) -> list[str]:
-    """The table `blend tune` prints: per task weights, smoothing, in-sample and out-of-fold scores."""
-    ins = spec.scores.get("in_sample") or {}
-    oof = spec.scores.get("out_of_fold") or {}
-    from .combine import SCORE_KEYS
-
-    lines = [f"{'task':<5} {'score':<7} {'in-sample':>9} {'out-of-fold':>11}  weights | smoothing"]
-    for t, p in spec.tasks.items():
-        k = SCORE_KEYS[t]
-        o = f"{oof[k]:>11.4f}" if k in oof else f"{'-':>11}"
-        lines.append(f"{t:<5} {k:<7} {ins[k]:>9.4f} {o}  {_format_weights(p.weights)} | {_format_smoothing(p.smoothing)}")
-        if p.thresholds is not None:
-            from store.schema import AU_NAMES
-
-            lines.append("      thresholds: " + " ".join(f"{a}={v:.3f}" for a, v in zip(AU_NAMES, p.thresholds)))
-    if "P_MTL" in ins:
-        o = f"{oof['P_MTL']:>11.4f}" if "P_MTL" in oof else f"{'-':>11}"
-        lines.append(f"{'mtl':<5} {'P_MTL':<7} {ins['P_MTL']:>9.4f} {o}")
-    return lines
-
-
 @click.command("tune")
 @click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False), help="Feature store (HDF5).")
 @click.option("--runs", required=True,
@@ -49,8 +18,8 @@ def summary_lines(spec) -> list[str]:
 @click.option("--trials", default=200, show_default=True, type=click.IntRange(min=1),
               help="Finished trials each study reaches; the same command continues an interrupted study.")
 @click.option("--storage", default=None,
-              help="Optuna storage: a path ending .log (journal file), another path (SQLite file), an RDB URL "
-                   "(sqlite:///..., postgresql://...), or 'memory'. Default: <out stem>.optuna.log beside --out.")
+              help="Optuna storage: a SQLite file path, a path ending .log (Optuna journal file), an RDB URL "
+                   "(sqlite:///..., postgresql://...), or 'memory'. Default: <out stem>.optuna.db beside --out.")
 @click.option("--study", "study_name", default=None, help="Study name (default blend-<task>-<split>).")
 @click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2),
               help="Folds grouped by video: parameters chosen on the other folds, scored on the held-out one.")
@@ -71,7 +40,7 @@ def tune(ctx, store_path, runs, task, split, trials, storage, study_name, cv, in
     from click.core import ParameterSource
 
     from .inputs import parse_input_names
-    from .spec import write_spec
+    from .spec import summary_lines, write_spec
     from .storage import describe_storage
     from .tune import tune as run_tune
 

@@ -35,47 +35,128 @@ def _pick_backbone(backbone: str, weights, echo) -> tuple[str, object, bool]:
         return OFFLINE_BACKBONE, None, True
 
 
+def _row(name: str, m: dict, keys) -> str:
+    return f"{name:<28}" + "".join(f"{m.get(k, float('nan')):>9.4f}" for k in keys)
+
+
+def format_table(res: dict) -> str:
+    """The demo's closing table: every run and the blend on the validation split, MTL then LSD."""
+    keys = ("P_VA", "P_EXPR", "P_AU", "P_MTL")
+    lines = [f"MTL validation (split val, {res['rows']['val']} rows; blend out-of-fold: "
+             f"{res['blend_cv']} folds grouped by video)", f"{'':<28}" + "".join(f"{k:>9}" for k in keys)]
+    for recipe, m in res["metrics"].items():
+        lines.append(_row(f"heads {recipe}", m, keys))
+    lines.append(_row("blend, in-sample", res["blend"]["in_sample"], keys))
+    lines.append(_row("blend, out-of-fold", res["blend"]["out_of_fold"], keys))
+    lines += ["", f"LSD validation (split val of lsd.h5, {res['rows']['lsd_val']} 'real' faces; macro F1 over 6 "
+              f"classes; blend of {' + '.join(res['lsd_inputs'])})",
+              f"{'':<28}{'F1':>9}"]
+    for name, m in res["lsd"].items():
+        lines.append(_row(name, m, ("P_LSD",)))
+    return "\n".join(lines)
+
+
 def run_demo(out, *, seed: int = 0, backbone: str = DEFAULT_BACKBONE, weights=None, trials: int = 60,
-             sizes=None, progress: bool = True, echo=print) -> dict:
-    """Run the demo into folder `out`; returns {"store", "table", "spec", "submission", ...}."""
+             sizes=None, lsd_counts=None, cv: int = 5, progress: bool = True, echo=print) -> dict:
+    """Run the demo into folder `out`; returns the numbers of the closing table and the paths written."""
+    from blend.apply import apply_spec, headline
+    from blend.spec import write_spec
+    from blend.submission import write_submission
+    from blend.tune import tune
+    from heads.fitting import fit_lsd, fit_mtl
+
     from .pipeline import run_featurize
-    from .synthetic import write_dataset
+    from .synthetic import write_dataset, write_lsd_dataset
 
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    echo(f"[1/5] synthetic s-Aff-Wild2-like faces -> {out / 'data'}")
+    echo(f"[1/6] synthetic faces: s-Aff-Wild2-like videos and LSD class folders -> {out / 'data'}")
     files = write_dataset(out / "data", seed=seed, sizes=sizes, progress=progress)
+    lsd_files = write_lsd_dataset(out / "data", seed=seed, progress=progress,
+                                  **({} if lsd_counts is None else {"train_counts": lsd_counts[0],
+                                                                     "val_counts": lsd_counts[1]}))
     backbone, weights, random_init = _pick_backbone(backbone, weights, echo)
-    store = out / "store.h5"
-    echo(f"[2/5] featurize run --backbone {backbone} -> {store}" + ("  (RANDOM-INIT backbone)" if random_init else ""))
+    store, lsd_store = out / "store.h5", out / "lsd.h5"
+    note = "  (RANDOM-INIT backbone)" if random_init else ""
+    echo(f"[2/6] featurize run --backbone {backbone} -> {store}, {lsd_store}{note}")
+    common = dict(backbone=backbone, weights=weights, progress=progress)
     for split in ("train", "val", "test"):
         summary = run_featurize(source="abaw-mtl", annotations=files[split], images=files["images"], split=split,
-                                store=store, backbone=backbone, weights=weights, progress=progress, workers=0)
-        echo(f"      {split}: {summary.format_line() if hasattr(summary, 'format_line') else summary}")
+                                store=store, **common)
+        echo(f"      {summary}")
+    for split in ("train", "val"):
+        summary = run_featurize(source="folders", task="lsd", images=lsd_files[split], split=split,
+                                store=lsd_store, **common)
+        echo(f"      {summary}")
 
-    from heads.fitting import fit_mtl
-
-    source = backbone.replace(":", "_") if False else None
-    echo(f"[3/5] heads fit mtl --recipe {','.join(RECIPES)} (train on train, metrics on val)")
+    echo(f"[3/6] heads fit mtl and heads fit lsd, --recipe {' / '.join(RECIPES)}")
     metrics = {}
     for recipe in RECIPES:
         metrics[recipe] = fit_mtl(store, recipe, out=out / "runs" / recipe, train="train", eval="val", seed=seed,
-                                  name=recipe, overwrite=True, backbone=source)
-    return {"store": store, "metrics": metrics, "files": files, "backbone": backbone,
-            "random_init": random_init, "seconds": time.perf_counter() - t0}
+                                  name=recipe, overwrite=True)
+    lsd_metrics = {}
+    for recipe in RECIPES:
+        lsd_metrics[recipe] = fit_lsd(lsd_store, recipe, out=out / "runs" / f"lsd_{recipe}", train="train",
+                                      eval="val", seed=seed, name=f"lsd_{recipe}", overwrite=True)
+
+    echo(f"[4/6] blend tune --task mtl --runs {','.join(RECIPES)} --cv {cv} --trials {trials}")
+    spec_path = out / "blend.json"
+    result = tune(store, list(RECIPES), "mtl", "val", trials=trials, cv=cv, seed=seed, spec_path=spec_path,
+                  progress=progress)
+    write_spec(result.spec, spec_path)
+    lsd_inputs = [f"lsd_{r}" for r in RECIPES] + [f"logits:{backbone}"]
+    from blend.inputs import input_tasks
+    from store import FeatureStore
+
+    with FeatureStore.open(lsd_store) as st:
+        lsd_inputs = [n for n in lsd_inputs if "lsd" in input_tasks(st, n)]
+    lsd_spec_path = out / "lsd_blend.json"
+    lsd_result = tune(lsd_store, lsd_inputs, "lsd", "val", trials=trials, cv=cv, seed=seed,
+                      spec_path=lsd_spec_path, progress=progress)
+    write_spec(lsd_result.spec, lsd_spec_path)
+
+    echo("[5/6] blend apply --split test; blend submit --format abaw4-mtl")
+    apply_spec(result.spec, store, "test", name="final", spec_source=str(spec_path))
+    submission, _ = write_submission("abaw4-mtl", store, "final", "test", files["test"], out / "submission.csv")
+
+    echo("[6/6] metrics")
+    with FeatureStore.open(store) as st:
+        rows = {"val": len(st.rows("val"))}
+    with FeatureStore.open(lsd_store) as st:
+        rows["lsd_val"] = len(st.rows("val"))
+    lsd = {f"heads lsd {r}": m for r, m in lsd_metrics.items()}
+    for key, label in (("in_sample", "in-sample"), ("out_of_fold", "out-of-fold")):
+        lsd[f"blend, {label}"] = lsd_result.spec.scores[key]
+    res = {
+        "store": store, "lsd_store": lsd_store, "spec": spec_path, "submission": submission,
+        "metrics": metrics, "blend": result.spec.scores, "blend_cv": cv, "lsd": lsd, "rows": rows,
+        "lsd_inputs": lsd_inputs,
+        "backbone": backbone, "random_init": random_init,
+    }
+    res["table"] = format_table(res)
+    res["seconds"] = time.perf_counter() - t0
+    return res
 
 
 @click.command("demo")
 @click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the synthetic data, the store, the runs, the blend spec and the submission.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic data, heads and blend study.")
+              help="Folder for the synthetic data, the stores, the runs, the blend specs and the submission.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic data, heads and blend studies.")
 @click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
               help="Backbone; when its weights cannot be found or downloaded the demo falls back to a "
                    f"randomly initialised {OFFLINE_BACKBONE} and says so.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Weights file of --backbone.")
-@click.option("--trials", default=60, show_default=True, help="Optuna trials of the blend study.")
-def demo(out, seed, backbone, weights, trials):
-    """Run featurize -> store -> heads -> blend on a generated s-Aff-Wild2-like dataset and print the metrics."""
-    res = run_demo(out, seed=seed, backbone=backbone, weights=weights, trials=trials, echo=click.echo)
-    click.echo(res)
+@click.option("--trials", default=60, show_default=True, help="Optuna trials of each blend study.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out, seed, backbone, weights, trials, quiet):
+    """Run featurize -> store -> heads -> blend on a generated s-Aff-Wild2-like dataset (and an LSD-like
+    one) and print the validation metrics."""
+    res = run_demo(out, seed=seed, backbone=backbone, weights=weights, trials=trials, progress=not quiet,
+                   echo=click.echo)
+    click.echo("")
+    click.echo(res["table"])
+    if res["random_init"]:
+        click.echo("\n(RANDOM-INIT backbone: these numbers show the plumbing, not emotion recognition.)")
+    click.echo(f"\nstore: {res['store']}, {res['lsd_store']}; blend spec: {res['spec']}; "
+               f"submission: {res['submission']}; {res['seconds']:.0f} s")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from store.schema import AU_NAMES, MTL_EXPR_CLASSES
+from store.schema import AU_NAMES, LSD_FOLDERS, MTL_EXPR_CLASSES
 
 HEADER = "image,valence,arousal,expression," + ",".join(AU_NAMES)
 TEST_HEADER = "image,valence,arousal,expression,aus"
@@ -209,4 +209,53 @@ def write_dataset(out, *, seed: int = 0, sizes: dict[str, SplitSize] | None = No
     return paths
 
 
-__all__ = ["AU_PROTOTYPES", "DEFAULT_SIZES", "MTL_EXPR_CLASSES", "SplitSize", "VA_PROTOTYPES", "write_dataset"]
+# LSD class i is MTL expression LSD_TO_MTL[i] (Anger ... Surprise).
+LSD_TO_MTL = (1, 2, 3, 4, 5, 6)
+# Per-class image counts of the demo's LSD splits: train imbalanced like the real synthetic set
+# (Sadness and Happiness dominate), val smaller and flatter like the real validation images.
+LSD_TRAIN_COUNTS = (40, 34, 24, 150, 290, 32)
+LSD_VAL_COUNTS = (30, 20, 20, 40, 40, 30)
+LSD_DIRS = {"train": "training_set_synthetic_images", "val": "validation_set_real_images"}
+
+
+def write_lsd_dataset(out, *, seed: int = 0, train_counts=LSD_TRAIN_COUNTS, val_counts=LSD_VAL_COUNTS,
+                      progress: bool = True) -> dict:
+    """The ABAW4 learning-from-synthetic-data layout: class folders (ANGRER sic ... SURPRISE) of faces.
+
+    The training faces are "synthetic" (flat backgrounds, strong expressions); the validation faces
+    are "real" (noisier, weaker, more head tilt): a domain shift, as between the challenge's sets.
+    Returns {"train": folder, "val": folder}. File names carry the split, so keys never collide.
+    """
+    out = Path(out)
+    rng = np.random.default_rng(seed + 1)
+    total = sum(train_counts) + sum(val_counts)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="img", desc="synthetic LSD faces", leave=False)
+    paths = {}
+    for split, counts in (("train", train_counts), ("val", val_counts)):
+        root = out / LSD_DIRS[split]
+        for cls, n in enumerate(counts):
+            folder = root / LSD_FOLDERS[cls]
+            folder.mkdir(parents=True, exist_ok=True)
+            for j in range(n):
+                expr = LSD_TO_MTL[cls]
+                weak = 0.6 if split == "val" else 1.0
+                act = AU_PROTOTYPES[expr] * rng.uniform(0.6, 1.0) * weak + rng.normal(0, 0.12 * (2 - weak), 12)
+                style = _video_style(rng)
+                if split == "val":
+                    style["tilt"] *= 2
+                face = draw_face(rng, np.clip(act, 0, 1.2), style)
+                face.save(folder / f"{split}_{j + 1:05d}.jpg", quality=90)
+                if bar is not None:
+                    bar.update(1)
+        paths[split] = root
+    if bar is not None:
+        bar.close()
+    return paths
+
+
+__all__ = ["AU_PROTOTYPES", "DEFAULT_SIZES", "LSD_DIRS", "MTL_EXPR_CLASSES", "SplitSize", "VA_PROTOTYPES",
+           "write_dataset", "write_lsd_dataset"]

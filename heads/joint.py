@@ -136,8 +136,7 @@ class JointMLPHead(BaseEstimator):
             rows_t = torch.from_numpy(rows)
             net = self._build(X.shape[1], k_au)
             mean, inv_std = feature_stats(Xt, rows_t)
-            net.standardize.mean.copy_(mean)
-            net.standardize.inv_std.copy_(inv_std)
+            net.set_standardization(mean, inv_std)
             history = train(
                 net, Xt, rows_t, loss_fn, epochs=int(self.epochs), batch_size=int(self.batch_size),
                 learning_rate=float(self.learning_rate), l2=float(self.l2),

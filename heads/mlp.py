@@ -81,8 +81,7 @@ class _MLPHead(BaseEstimator):
             fit_t = torch.from_numpy(fit_rows)
             net = self._build(Xt.shape[1], n_outputs)
             mean, inv_std = feature_stats(Xt, fit_t)
-            net.standardize.mean.copy_(mean)
-            net.standardize.inv_std.copy_(inv_std)
+            net.set_standardization(mean, inv_std)
             history = train(
                 net, Xt, fit_t, lambda out, idx: loss(out, targets[idx]),
                 epochs=int(self.epochs), batch_size=int(self.batch_size),

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -26,20 +27,24 @@ _PREDICT_CHUNK = 16384
 _MIN_IMPROVEMENT = 1e-4  # relative decrease of the held-out loss that counts as progress (early stopping)
 
 
-class Standardize(nn.Module):
-    """(x - mean) / std with fit-time statistics stored as buffers (saved with the state dict)."""
+class InputLinear(nn.Linear):
+    """A Linear layer on standardised inputs that never builds the standardised batch:
+    W ((x - mean) * inv_std) + b = (W * inv_std) x + (b - (W * inv_std) mean). The parameters live in
+    standardised space; mean/inv_std are fit-time buffers saved with the state dict."""
 
-    def __init__(self, n_features: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(n_features))
-        self.register_buffer("inv_std", torch.ones(n_features))
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__(n_in, n_out)
+        self.register_buffer("mean", torch.zeros(n_in))
+        self.register_buffer("inv_std", torch.ones(n_in))
 
-    def forward(self, x):  # (batch, features)
-        return (x - self.mean) * self.inv_std
+    def forward(self, x):  # (batch, n_in) -> (batch, n_out)
+        w = self.weight * self.inv_std
+        return F.linear(x, w, self.bias - w @ self.mean)
 
 
 class MLP(nn.Module):
-    """Standardize -> [Linear -> activation -> Dropout] * len(hidden) -> one Linear per output block.
+    """[Linear -> activation -> Dropout] * len(hidden) -> one Linear per output block, on inputs
+    standardised with fit-time statistics (folded into the input layer(s), see InputLinear).
 
     heads: output widths; with one entry the forward returns a tensor, else a tuple (joint mode).
     out_activations: per head, applied in forward ("identity" leaves raw scores for losses that take logits).
@@ -48,19 +53,25 @@ class MLP(nn.Module):
     def __init__(self, n_features: int, hidden: tuple, heads: tuple, *, activation: str, dropout: float,
                  out_activations: tuple):
         super().__init__()
-        self.standardize = Standardize(n_features)
         layers, width = [], n_features
         for h in hidden:
-            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+            layers += [InputLinear(width, h) if not layers else nn.Linear(width, h), ACTIVATIONS[activation]()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = h
         self.body = nn.Sequential(*layers)
-        self.heads = nn.ModuleList(nn.Linear(width, k) for k in heads)
+        out_layer = nn.Linear if hidden else InputLinear
+        self.heads = nn.ModuleList(out_layer(width, k) for k in heads)
         self.out_acts = nn.ModuleList(ACTIVATIONS[a]() for a in out_activations)
 
+    def set_standardization(self, mean: torch.Tensor, inv_std: torch.Tensor) -> None:
+        for m in self.modules():
+            if isinstance(m, InputLinear):
+                m.mean.copy_(mean)
+                m.inv_std.copy_(inv_std)
+
     def forward(self, x):  # (batch, features) -> (batch, k) or tuple of them
-        z = self.body(self.standardize(x))
+        z = self.body(x)
         outs = tuple(act(head(z)) for head, act in zip(self.heads, self.out_acts))
         return outs[0] if len(outs) == 1 else outs
 
@@ -77,13 +88,17 @@ def as_feature_tensor(X) -> torch.Tensor:
 
 
 def feature_stats(X: torch.Tensor, rows: torch.Tensor, chunk: int = 32768) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and 1/std of X[rows] per column, accumulated in float64 by chunks (no full copy)."""
+    """Mean and 1/std of X[rows] per column, by chunks (no full copy); 1/std = 1 for constant columns."""
     s = torch.zeros(X.shape[1], dtype=torch.float64)
     s2 = torch.zeros(X.shape[1], dtype=torch.float64)
+    contiguous = len(rows) == 0 or (int(rows[-1]) - int(rows[0]) == len(rows) - 1)
     for i in range(0, len(rows), chunk):
-        xb = X.index_select(0, rows[i:i + chunk]).double()
-        s += xb.sum(0)
-        s2 += (xb * xb).sum(0)
+        if contiguous:  # no gather copy
+            xb = X[int(rows[0]) + i:int(rows[0]) + i + chunk][:len(rows) - i]
+        else:
+            xb = X.index_select(0, rows[i:i + chunk])
+        s += xb.sum(0).double()  # float32 (cascaded) sums per chunk, accumulated in float64
+        s2 += (xb * xb).sum(0).double()
     n = max(len(rows), 1)
     mean = s / n
     var = (s2 / n - mean * mean).clamp_min(0)
@@ -175,13 +190,15 @@ def train(model: nn.Module, X: torch.Tensor, train_rows: torch.Tensor, loss_fn, 
     n_batches = max(1, math.ceil(n / batch_size))
     history = {"loss_curve": [], "validation_curve": [], "best_epoch": epochs, "n_epochs": 0}
     best, best_state, stale = math.inf, None, 0
+    buf = torch.empty((math.ceil(n / n_batches), X.shape[1]), dtype=X.dtype)
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not verbose, leave=False, delay=1.0)
     for epoch in bar:
         model.train()
         perm = train_rows[torch.randperm(n)]
         total = torch.zeros(())
         for idx in torch.tensor_split(perm, n_batches):  # near-equal batches, none tiny
-            loss = loss_fn(model(X.index_select(0, idx)), idx)
+            xb = torch.index_select(X, 0, idx, out=buf[:len(idx)])  # reused buffer: no allocation per batch
+            loss = loss_fn(model(xb), idx)
             opt.zero_grad()
             loss.backward()
             opt.step()

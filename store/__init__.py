@@ -12,9 +12,11 @@ from .schema import (
     AFFECTNET_TO_LSD,
     AFFECTNET_TO_MTL,
     AU_NAMES,
+    EXPR_NAME_TO_MTL,
     LSD_CLASSES,
     LSD_FOLDERS,
     MTL_EXPR_CLASSES,
+    MTL_TO_LSD,
     SCHEMA_VERSION,
     TASKS,
     VA_NAMES,
@@ -23,8 +25,8 @@ from .schema import (
 )
 
 __all__ = [
-    "AFFECTNET_CLASSES", "AFFECTNET_TO_LSD", "AFFECTNET_TO_MTL", "AU_NAMES", "FeatureStore",
-    "FingerprintMismatchError", "LSD_CLASSES", "LSD_FOLDERS", "MTL_EXPR_CLASSES", "SCHEMA_VERSION",
+    "AFFECTNET_CLASSES", "AFFECTNET_TO_LSD", "AFFECTNET_TO_MTL", "AU_NAMES", "EXPR_NAME_TO_MTL", "FeatureStore",
+    "FingerprintMismatchError", "LSD_CLASSES", "LSD_FOLDERS", "MTL_EXPR_CLASSES", "MTL_TO_LSD", "SCHEMA_VERSION",
     "STATUS_INVALID", "STATUS_MISSING", "STATUS_OK", "StoreError", "StoreLockedError", "TASKS", "Task",
     "UserError", "VA_NAMES", "get_task", "open_store",
 ]

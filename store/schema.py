@@ -28,6 +28,21 @@ AFFECTNET_TO_MTL = (5, 0, 2, 3, 4, 6, 7, 1)  # MTL class i <- AffectNet column A
 AFFECTNET_TO_LSD = (0, 2, 3, 4, 6, 7)
 VA_NAMES = ("valence", "arousal")
 
+# Emotion names as class folders and logits spell them (lower-cased) -> MTL expression index.
+# AffectNet's Contempt becomes Other, as in AFFECTNET_TO_MTL; FER2013 has no Other.
+EXPR_NAME_TO_MTL = {
+    "neutral": 0,
+    "angry": 1, "anger": 1,
+    "disgust": 2, "disgusted": 2,
+    "fear": 3, "fearful": 3,
+    "happy": 4, "happiness": 4,
+    "sad": 5, "sadness": 5,
+    "surprise": 6, "surprised": 6,
+    "contempt": 7, "other": 7,
+}
+# MTL expression index -> LSD index (the six basic emotions).
+MTL_TO_LSD = {1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5}
+
 
 @dataclass(frozen=True)
 class Task:

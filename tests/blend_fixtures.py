@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from store.feature_store import STATUS_INVALID, STATUS_OK, FeatureStore
-from store.schema import AFFECTNET_CLASSES, AFFECTNET_TO_LSD, AFFECTNET_TO_MTL, AU_NAMES, LSD_CLASSES, LSD_FOLDERS, MTL_EXPR_CLASSES, VA_NAMES
+from store.schema import (
+    AFFECTNET_CLASSES, AFFECTNET_TO_LSD, AFFECTNET_TO_MTL, AU_NAMES, LSD_CLASSES, LSD_FOLDERS, MTL_EXPR_CLASSES, VA_NAMES,
+)
 
 LOGIT_SOURCE = "enet_b0_8_va_mtl"
 

@@ -1,0 +1,181 @@
+"""bench/real_data.py: the real-data benchmark, run as a user runs it (a subprocess), on small subsets.
+
+- FER2013 + CK+ from ../shared/data (skipped where absent): the tables come out, heads beat chance,
+  the results section goes to the --results file given (bench/RESULTS.md is never touched);
+- the s-Aff-Wild2 path on a tiny synthetic ABAW-layout dataset with a random-init timm backbone, then
+  the same store again with --dataset store (no featurizing);
+- the zero-shot mapping of logits against blend's own reading of AffectNet logits, and by hand for FER2013;
+- errors a user can cause: one line, exit code 1.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from store.feature_store import STATUS_OK, FeatureStore
+from store.schema import AFFECTNET_CLASSES, MTL_EXPR_CLASSES, VA_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "real_data.py"
+QUICK = ["--inner-folds", "2", "--trials", "8", "--no-progress"]
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("real_data_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(*args, check=True):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def test_help():
+    proc = _run("--help")
+    for option in ("--data-dir", "--weights", "--backbone", "--work-dir", "--limit", "--folds", "--seed",
+                   "--store", "--annotations", "--results"):
+        assert option in proc.stdout
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_fer2013_and_ckplus_subset(shared_data, shared_models, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    repo_results = REPO / "bench" / "RESULTS.md"
+    before = _digest(repo_results)
+    proc = _run("--data-dir", shared_data, "--weights", shared_models / "fer_mini_xception.hdf5",
+                "--work-dir", tmp_path / "work", "--limit", 200, "--folds", 3, "--results", results, *QUICK)
+    assert _digest(repo_results) == before  # the repository's results file is left alone
+
+    text = results.read_text()
+    assert text.count("## Real data: `fer_mini_xception`") == 1
+    assert "Runtime of the whole benchmark" in text and "### FER2013" in text and "### CK+" in text
+    assert "| predictor | expr accuracy | expr macro F1 (7 classes) |" in proc.stdout
+    assert "AU F1 tuned thr." in proc.stdout
+
+    figures = json.loads((tmp_path / "work" / "real_data_results.json").read_text())
+    fer, ck = figures["datasets"]
+    assert fer["rows"] == {"train": 200, "test": 200}
+    expr = fer["tasks"]["expr"]["predictors"]
+    assert set(expr) == {"zero-shot", "paper (mlp)", "logistic (linear)", "lightgbm (lightgbm)", "blend"}
+    # The FER2013-trained network itself (0.58 on the full test split) and the heads on its features
+    # are far above chance (1/7 accuracy; the largest class, happy, is about a quarter of the rows).
+    assert expr["zero-shot"]["accuracy"] > 0.45
+    assert max(expr["logistic (linear)"]["accuracy"], expr["lightgbm (lightgbm)"]["accuracy"]) > 0.4
+    assert expr["blend"]["macro_f1"] > 0.3
+    assert abs(sum(fer["tasks"]["expr"]["blend_weights"].values()) - 1) < 1e-6
+
+    assert ck["rows"] == {"train": 200, "test": None}
+    assert ck["protocol"] == "3-fold cross-validation grouped by subject"
+    ck_expr = ck["tasks"]["expr"]
+    assert "Other" in ck_expr["classes"] and "Neutral" not in ck_expr["classes"]  # contempt; no neutral in CK+
+    assert max(p["macro_f1"] for p in ck_expr["predictors"].values()) > 0.4  # chance: 1/7
+    au = ck["tasks"]["au"]
+    assert "zero-shot" not in au["predictors"]  # FER2013 logits name no action unit
+    assert 0 < au["n"] < 200  # about a third of CK+ sequences have no FACS codes
+    assert max(p["f1_tuned"] for p in au["predictors"].values()) > 0.3
+    assert set(au["blend_thresholds"]) == {"AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23",
+                                           "AU24", "AU25", "AU26"}
+
+
+@pytest.mark.slow
+def test_abaw_layout_then_existing_store(tmp_path):
+    from featurize.synthetic import SplitSize, write_dataset
+
+    paths = write_dataset(tmp_path / "data", seed=0, sizes={"train": SplitSize(6, 20), "val": SplitSize(2, 20)},
+                          progress=False)
+    work = tmp_path / "work"
+    results = tmp_path / "RESULTS.md"
+    common = ["--backbone", "timm:test_efficientnet", "--work-dir", work, "--recipes", "logistic,lightgbm",
+              "--results", results, *QUICK]
+    _run("--dataset", "abaw-mtl", "--annotations", paths["train"], "--eval-annotations", paths["val"],
+         "--images", paths["images"], *common)
+    figures = json.loads((work / "real_data_results.json").read_text())
+    (res,) = figures["datasets"]
+    assert res["protocol"] == "hold-out: fit on train, score test"
+    assert set(res["tasks"]) == {"expr", "au", "va"}
+    for t in res["tasks"].values():
+        # random-init logits are named 0..999: no zero-shot predictor, the heads and their blend only
+        assert set(t["predictors"]) == {"logistic (linear)", "lightgbm (lightgbm)", "blend"}
+    assert sum(f["computed"] for f in res["featurize"]) > 0
+    store = Path(res["store"])
+
+    # The same store again, as a user with an existing s-Aff-Wild2 store would run it: no featurizing,
+    # grouped cross-validation over the training split.
+    _run("--dataset", "store", "--store", store, "--train-split", "train", "--folds", 2, *common)
+    (res2,) = json.loads((work / "real_data_results.json").read_text())["datasets"]
+    assert res2["featurize"] == []
+    assert res2["protocol"] == "2-fold cross-validation grouped by video"
+    assert "P_VA" in res2["tasks"]["va"]["predictors"]["blend"]
+    assert results.read_text().count("## Real data:") == 2
+
+
+def test_zero_shot_matches_blend_reading_of_affectnet_logits(tmp_path):
+    from blend.inputs import read_input
+
+    rng = np.random.default_rng(0)
+    names = list(AFFECTNET_CLASSES) + list(VA_NAMES)
+    logits = rng.normal(size=(20, 10)).astype(np.float32)
+    path = tmp_path / "s.h5"
+    with FeatureStore.open(path, "a") as st:
+        rows = st.add_samples([f"v/{i:05d}.jpg" for i in range(20)], split="val")
+        st.create_source("enet", identity={"backbone": "test"}, arrays={"embeddings": (3, None), "logits": (10, names)})
+        st.write_features("enet", rows, {"embeddings": np.zeros((20, 3), np.float32), "logits": logits},
+                          np.full(20, STATUS_OK, np.int8))
+        want_expr = read_input(st, "logits:enet", "expr", rows)
+        want_va = read_input(st, "logits:enet", "va", rows)
+    mod = _bench_module()
+    np.testing.assert_allclose(mod.zero_shot_scores("expr", names, logits), want_expr, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(mod.zero_shot_scores("va", names, logits), want_va)
+    assert mod.zero_shot_scores("au", names, logits) is None
+
+
+def test_zero_shot_fer2013_order_by_hand():
+    mod = _bench_module()
+    fer = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    logits = np.full((7, 7), -20.0)
+    logits[np.arange(7), np.arange(7)] = 20.0  # row i: all mass on FER class i
+    p = mod.zero_shot_scores("expr", fer, logits)
+    assert p.shape == (7, len(MTL_EXPR_CLASSES))
+    got = [MTL_EXPR_CLASSES[c] for c in p.argmax(axis=1)]
+    assert got == ["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Neutral"]
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)
+    assert (p[:, MTL_EXPR_CLASSES.index("Other")] == 0).all()
+    x = np.array([[0.5, -1.0, 2.0, 0.0, 1.0, 0.3, -0.2]])
+    e = np.exp(x - x.max())
+    e /= e.sum()
+    np.testing.assert_allclose(mod.zero_shot_scores("expr", fer, x)[0, :7], e[0, [6, 0, 1, 2, 3, 4, 5]], rtol=1e-6)
+    assert mod.zero_shot_scores("expr", [str(i) for i in range(7)], x) is None
+    assert mod.zero_shot_scores("va", fer, x) is None
+
+
+def test_user_errors_are_one_line(tmp_path):
+    proc = _run("--dataset", "abaw-mtl", "--no-results", "--work-dir", tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "Error: --dataset abaw-mtl needs --annotations FILE and --images DIR"
+
+    path = tmp_path / "empty.h5"
+    with FeatureStore.open(path, "a") as st:
+        st.add_samples(["a/00001.jpg"], split="train")
+    proc = _run("--dataset", "store", "--store", path, "--backbone", "nope", "--no-results", "--work-dir", tmp_path,
+                check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == f"Error: {path}: no feature source 'nope' (--backbone); sources: none"
+    assert "Traceback" not in proc.stderr
