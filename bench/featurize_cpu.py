@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from featurize.backbones import get_spec  # noqa: E402
 from featurize.backbones._timm_embedder import TimmEmbedder  # noqa: E402
 from featurize.images import open_image_root  # noqa: E402
-from featurize.pipeline import FeaturizeConfig, featurize_samples  # noqa: E402
+from featurize.pipeline import FeaturizeConfig, default_workers, featurize_samples  # noqa: E402
 from featurize.readers import read_abaw_mtl  # noqa: E402
 from featurize.synthetic import SplitSize, write_dataset  # noqa: E402
 from store import FeatureStore  # noqa: E402
@@ -150,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-bf16", action="store_true")
     ap.add_argument("--no-append", action="store_true", help="do not append to bench/RESULTS.md")
     args = ap.parse_args(argv)
+    load = os.getloadavg()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -189,15 +190,19 @@ def main(argv=None) -> int:
     lines = [header, "|---|---:|---:|---:|---:|---:|"]
     for name, s, ratio, dmax, demb, dlog in rows:
         lines.append(f"| {name} | {n / s:.1f} | {ratio:.2f} | {dmax:.2e} | {demb:.2e} | {dlog:.2e} |")
-    workers = config.workers if config.workers is not None else f"default ({os.cpu_count()} CPUs)"
+    workers = config.workers if config.workers is not None else f"{default_workers()} (default, {os.cpu_count()} CPUs)"
     notes = [
         f"- {n} images 112x112 RGB JPEG (synthetic s-Aff-Wild2 layout), batch {args.batch_size}, "
         f"decoding workers {workers}; best of {args.repeat} runs each; "
         f"all timings: {', '.join(f'{k} ' + ' / '.join(f'{n / s:.1f}' for s in v) for k, v in {'reference': ref_s, **runs}.items() if v)} images/s",
+        "- per-round ratios to the reference run just before: " + "; ".join(
+            f"{k} " + ", ".join(f"{r / o:.2f}" for r, o in zip(ref_s, v)) for k, v in runs.items() if v),
         f"- model: tf_efficientnet_b0 + Linear(1280, 10), random init (seed 0) with random "
         f"BatchNorm statistics; |embedding| mean {scale:.3g} max {float(np.abs(ref_emb).max()):.3g}, "
         f"|logit| mean {float(np.abs(ref_logits).mean()):.3g} max {float(np.abs(ref_logits).max()):.3g}",
-        f"- torch {torch.__version__}, {torch.get_num_threads()} threads; machine: {cpu_name()}, {platform.platform()}",
+        f"- torch {torch.__version__}, {torch.get_num_threads()} threads; machine: {cpu_name()}, {platform.platform()}; "
+        f"load average (1 min) at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f} "
+        f"(other processes share the CPUs: compare the interleaved per-round figures)",
     ]
     trained = None if args.no_bf16 else trained_bf16_check()
     if trained:

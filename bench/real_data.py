@@ -51,7 +51,7 @@ if str(REPO) not in sys.path:  # run as a script from a source checkout
 
 from store.errors import UserError  # noqa: E402
 from store.feature_store import FeatureStore  # noqa: E402
-from store.schema import AU_NAMES, MTL_EXPR_CLASSES, VA_NAMES  # noqa: E402
+from store.schema import AU_NAMES, MTL_EXPR_CLASSES  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_WEIGHTS = REPO.parent / "shared" / "models" / "fer_mini_xception.hdf5"
@@ -163,29 +163,14 @@ def prepare_store(store: Path, source: str, train_split: str, test_split: str | 
 # ---------------------------------------------------------------------------- predictors
 
 
-def zero_shot_scores(task: str, logit_names, logits: np.ndarray) -> np.ndarray | None:
-    """The backbone's logits as predictions of `task`, or None when its logits do not name that task.
+def zero_shot_scores(st: FeatureStore, source: str, task: str, rows: np.ndarray) -> np.ndarray | None:
+    """The backbone's own logits as predictions of `task` (blend's `logits:<source>` input: a softmax
+    over the logits named as emotions, FER2013 or AffectNet, in the MTL order; valence/arousal logits
+    for va), or None when the logits name no such thing (AUs; a timm model's numbered logits)."""
+    from blend.inputs import LOGITS_PREFIX, input_tasks, read_input
 
-    expr: a softmax over the logits whose names are emotions (FER2013 angry ... neutral, AffectNet
-    Anger ... Contempt; featurize.readers.EXPR_FOLDERS), placed in the MTL order; MTL classes without
-    a logit get 0 (FER2013 has no Other; AffectNet Contempt -> Other, as store.schema.AFFECTNET_TO_MTL).
-    va: the `valence` and `arousal` logits as they are.
-    """
-    from featurize.readers import EXPR_FOLDERS
-
-    names = [str(n).lower() for n in logit_names]
-    if task == "expr":
-        cols = [(i, EXPR_FOLDERS[n]) for i, n in enumerate(names) if n in EXPR_FOLDERS]
-        if len({c for _, c in cols}) < 2:
-            return None
-        z = logits[:, [i for i, _ in cols]].astype(np.float64)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        out = np.zeros((len(logits), len(MTL_EXPR_CLASSES)))
-        np.add.at(out.T, [c for _, c in cols], (z / z.sum(axis=1, keepdims=True)).T)
-        return out.astype(np.float32)
-    if task == "va" and all(v in names for v in VA_NAMES):
-        return logits[:, [names.index(v) for v in VA_NAMES]].astype(np.float32)
-    return None
+    name = LOGITS_PREFIX + source
+    return read_input(st, name, task, rows) if task in input_tasks(st, name) else None
 
 
 @dataclass
@@ -303,6 +288,7 @@ def evaluate_task(task, y, X, usable, groups, zero_shot, plans, folds, *, inner_
     for k, fold in enumerate(folds):
         tr, te = fold.train[usable[fold.train]], fold.test[usable[fold.test]]
         if len(te) == 0:
+            bar.update(len(plans) * (inner_folds + 1) + 1)
             continue
         inner = grouped_folds(groups[tr], inner_folds, seed + k)
         oof = {}
@@ -379,8 +365,8 @@ def evaluate_dataset(ds: Dataset, recipes, *, folds, inner_folds, trials, seed, 
             raise UserError(f"{ds.store}: the rows to evaluate carry no expr, au or va label")
         plans = {t: head_plans(recipes, t, ds.source, threads) for t in tasks}
         X = {spec: st.read_features(spec, rows)[0] for spec in {p.plan.features for ps in plans.values() for p in ps}}
-        logits, ok = st.read_features(f"{ds.source}.logits", rows)  # validity is per source
-        logit_names = [n.split(".")[-1] for n in st.feature_names(f"{ds.source}.logits")]
+        ok = st.read_features(f"{ds.source}.logits", rows)[1]  # validity is per source
+        zero_shot = {t: zero_shot_scores(st, ds.source, t, rows) for t in tasks}
     groups = np.array([v.split("_")[0] for v in videos] if ds.group_by == "subject" else videos, dtype=object)
     fold_list = outer_folds(ds, groups, len(ds.train_rows), folds, seed)
     n_fits = sum(len(fold_list) * (len(plans[t]) * (inner_folds + 1) + 1) for t in tasks)
@@ -389,7 +375,12 @@ def evaluate_dataset(ds: Dataset, recipes, *, folds, inner_folds, trials, seed, 
               dynamic_ncols=True) as bar:
         for t in tasks:
             usable = ok & FeatureStore.label_mask(t, labels[t])
-            zs = zero_shot_scores(t, logit_names, logits)
+            zs = zero_shot[t]
+            if zs is None and not plans[t]:
+                click.echo(f"{ds.name}: no recipe has a {t!r} head and the logits do not name it; {t} skipped",
+                           err=True)
+                bar.update(len(fold_list))
+                continue
             out = evaluate_task(t, labels[t], X, usable, groups, zs, plans[t], fold_list, inner_folds=inner_folds,
                                 trials=trials, seed=seed, bar=bar)
             results[t] = task_metrics(t, labels[t], out)

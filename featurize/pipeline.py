@@ -162,10 +162,13 @@ class _PendingParts:
         self.last = time.monotonic()
 
 
-def _merge(store_path: str, journal: Journal) -> None:
+def _merge(store_path: str, journal: Journal, rows: np.ndarray) -> np.ndarray:
+    """Merge the journal into the store; returns the source status of `rows` afterwards."""
     with FeatureStore.open(store_path, "a") as st:
         merged = journal.merge_into(st)
+        status = st.source_status(journal.source, rows)
     journal.remove(merged)
+    return status
 
 
 def featurize_samples(
@@ -203,8 +206,9 @@ def featurize_samples(
             provenance=_provenance(backbone, config, device_name),
         )
         merged = journal.merge_into(st)
-        todo = np.flatnonzero(st.source_status(source, rows) == STATUS_MISSING)
+        status = st.source_status(source, rows)
     journal.remove(merged)
+    todo = np.flatnonzero(status == STATUS_MISSING)
 
     examples: list[tuple[str, str]] = []
     seconds = 0.0
@@ -247,16 +251,14 @@ def featurize_samples(
         except UserError:  # --strict: keep what is finished in the store, then stop
             bar.close()
             pending.flush()
-            _merge(store, journal)
+            _merge(store, journal, rows)
             raise
         finally:
             bar.close()
             pending.flush()  # finished batches survive Ctrl-C (merged by the next run)
         seconds = time.perf_counter() - start
-        _merge(store, journal)
+        status = _merge(store, journal, rows)
 
-    with FeatureStore.open(store, "r") as st:
-        status = st.source_status(source, rows)
     return RunSummary(
         store=store, source=source, split=split, rows=len(samples), ok=int((status == STATUS_OK).sum()),
         invalid=int((status == STATUS_INVALID).sum()), skipped=len(samples) - len(todo), computed=len(todo),

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from store.errors import UserError
-from store.schema import AU_NAMES, LSD_FOLDERS, TASKS
+from store.schema import AU_NAMES, EXPR_NAME_TO_MTL, LSD_FOLDERS, TASKS
 
 from .images import is_image_name
 
@@ -28,17 +28,8 @@ MTL_HEADER = ("image", "valence", "arousal", "expression") + AU_NAMES
 MTL_TEST_HEADER = ("image", "valence", "arousal", "expression", "aus")
 VA_MISSING = -5.0
 
-# Class-folder names -> MTL expression index (store.schema.MTL_EXPR_CLASSES), case-insensitive.
-EXPR_FOLDERS = {
-    "neutral": 0,
-    "angry": 1, "anger": 1,
-    "disgust": 2, "disgusted": 2,
-    "fear": 3, "fearful": 3,
-    "happy": 4, "happiness": 4,
-    "sad": 5, "sadness": 5,
-    "surprise": 6, "surprised": 6,
-    "contempt": 7, "other": 7,
-}
+# Class-folder names -> MTL expression index, case-insensitive (angry/anger, happy/happiness, ...).
+EXPR_FOLDERS = EXPR_NAME_TO_MTL
 # The organisers' LSD folder names (ANGRER sic) -> LSD index, case-insensitive.
 LSD_FOLDER_INDEX = {name.lower(): i for i, name in enumerate(LSD_FOLDERS)}
 

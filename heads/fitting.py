@@ -68,7 +68,7 @@ def _entries(doc: dict, source: str, tasks, joint: bool) -> list[tuple[str, dict
 
 
 def _training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray, source: str):
-    """(X, y, groups, n_rows) for one head: labelled training rows with valid features."""
+    """(X, y, groups) for one head: the labelled training rows with valid features; groups = videos."""
     videos = st.samples(train_rows)["video"]
     if plan.key == "joint":
         labels = {t: st.labels(t, train_rows) for t in JOINT_TASKS}
@@ -130,13 +130,14 @@ def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="v
                 head = make_head(plan.head, plan.kind, plan.params, n_classes=plan.n_classes, seed=seed)
                 if "verbose" in head.get_params():
                     head.set_params(verbose=progress)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 head.fit(X, Y, groups=groups)
             except ValueError as e:
                 raise RecipeError(f"{source}: {plan.key}: {e}") from None
             info[plan.key] = {"features": plan.features, "head": plan.head, "class": type(head).__name__,
                               "n_features": int(X.shape[1]), "n_train_rows": int(len(X)),
-                              "fit_seconds": round(time.perf_counter() - t0, 3)}
+                              "fit_seconds": round(time.perf_counter() - t0, 3),
+                              "fit_cpu_seconds": round(time.process_time() - c0, 3)}
             fitted.append((plan, head))
             del X, Y
         rows = st.rows()
@@ -158,10 +159,14 @@ def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="v
         "seconds": round(time.perf_counter() - t_start, 2),
     }
     write_run(out, run_doc, resolved, metrics, fitted, overwrite=overwrite)
-    write_predictions(store, name, preds, rows, run_attrs={
-        "recipe": json.dumps(resolved), "train": train, "eval": eval, "command": command, "seed": seed,
-        "joint": int(joint), "run_folder": str(out.resolve()),
-    }, head_attrs={t: {"head": p.head, "features": p.features} for p, _ in fitted for t in p.tasks})
+    try:
+        write_predictions(store, name, preds, rows, run_attrs={
+            "recipe": json.dumps(resolved), "train": train, "eval": eval, "command": command, "seed": seed,
+            "joint": int(joint), "run_folder": str(out.resolve()),
+        }, head_attrs={t: {"head": p.head, "features": p.features} for p, _ in fitted for t in p.tasks})
+    except UserError as e:  # e.g. another process holds the store's writer lock
+        raise UserError(f"{e}; the run folder {out} is complete: write its predictions later with "
+                        f"`heads predict --run {out} --store {store} --name {name}`") from None
     return metrics
 
 

@@ -69,8 +69,10 @@ def predict_run(run, store, *, name: str | None = None, overwrite: bool = False,
                                 f"the {plan.key} head of {run} was fitted on {head.n_features_in_}")
         rows = st.rows()
         preds = predict_rows(st, fitted, rows, progress=progress)
+    recipe = run / "recipe.json"
     write_predictions(store, name, preds, rows, run_attrs={
-        "run_folder": str(run.resolve()), "applied_from": doc.get("store", ""), "recipe": doc.get("recipe", ""),
+        "run_folder": str(run.resolve()), "fitted_on": doc.get("store", ""),
+        "recipe": json.dumps(json.loads(recipe.read_text())) if recipe.is_file() else "",
         "train": doc.get("train", ""), "eval": doc.get("eval", ""),
     }, head_attrs={t: {"head": p.head, "features": p.features} for p, _ in fitted for t in p.tasks})
     return {t: int(np.isfinite(p).all(axis=1).sum()) for t, p in preds.items()}

@@ -173,3 +173,18 @@ def test_other_precision_never_lands_in_the_same_source(tmp_path):
     emb16, _, status = _features(store, "tiny_bf16")
     assert (status == STATUS_OK).all()
     assert np.abs(emb16 - emb32).max() <= 0.05 * np.abs(emb32).max()
+
+
+def test_run_help_and_limit(tmp_path):
+    r = CliRunner().invoke(main, ["run", "--help"])
+    assert r.exit_code == 0 and "--source [abaw-mtl|folders|images]" in r.output and "--strict" in r.output
+    ann, images, keys = write_mtl_dataset(tmp_path, videos=1, frames=6)
+    args = ["run", "--annotations", str(ann), "--images", str(images), "--split", "train",
+            "--store", str(tmp_path / "s.h5"), "--backbone", "timm:test_efficientnet", "--workers", "0",
+            "--no-progress"]
+    r = CliRunner().invoke(main, args + ["--limit", "2"])
+    assert r.exit_code == 0 and "2 rows, 2 ok" in r.output
+    r = CliRunner().invoke(main, args)  # the rest, later
+    assert r.exit_code == 0 and "6 rows, 6 ok, 0 invalid, 2 skipped as done; computed 4" in r.output
+    with FeatureStore.open(tmp_path / "s.h5") as st:
+        assert st.samples()["key"].tolist() == keys

@@ -261,3 +261,32 @@ def test_predict_errors_name_the_problem(work, tmp_path):
                          arrays={"embeddings": (24, None), "logits": (10, None)})
     _one_line_error(run("predict", "--run", tmp / "r", "--store", tmp_path / "diff2.h5"), "other weights")
     _one_line_error(run("predict", "--run", tmp_path, "--store", tmp_path / "diff.h5"), "run.json")
+
+
+def test_heads_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from heads.cli import main; "
+            "r = CliRunner().invoke(main, ['fit', 'mtl', '--help']); assert r.exit_code == 0, r.output; "
+            "print('torch' in sys.modules, 'lightgbm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_openface_recipe_runs_on_an_openface_source(work):
+    tmp, _, truth = work
+    rng = np.random.default_rng(3)
+    with FeatureStore.open(tmp / "s.h5", "a") as st:
+        n = st.n_rows
+        X, _ = st.read_features(f"{SOURCE}.embeddings+{SOURCE}.logits")
+        values = np.nan_to_num(np.concatenate([X, rng.normal(size=(n, 1))], axis=1)).astype(np.float32)
+        status = np.where(rng.random(n) < 0.05, 2, STATUS_OK).astype(np.int8)  # OpenFace failures
+        st.create_source("openface", identity={"tool": "OpenFace 2"},
+                         arrays={"values": (35, [f"AU{i}" for i in range(35)])})
+        st.write_features("openface", np.arange(n), {"values": values}, status)
+    r = run("fit", "mtl", "--store", tmp / "s.h5", "--recipe", "openface", "--out", tmp / "of", "--quiet")
+    assert r.exit_code == 0, r.output
+    with FeatureStore.open(tmp / "s.h5") as st:
+        expr = st.read_predictions("of", "expr")
+    np.testing.assert_array_equal(np.isfinite(expr).all(1), status == STATUS_OK)
