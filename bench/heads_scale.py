@@ -253,8 +253,9 @@ def main(argv=None) -> None:
                    f"features, real label-missing counts; written in {t_store:.0f} s (not included below). "
                    f"Totals include reading features, fitting, predicting all rows, scoring val and writing.\n\n"
                    f"{table}\n\nLoad average at the end: {os.getloadavg()[0]:.1f}; bench wall time "
-                   f"{time.perf_counter() - t_bench:.0f} s. On this shared machine wall times depend on other jobs; "
-                   f"with 1 thread, CPU seconds are the time on an idle core.\n")
+                   f"{time.perf_counter() - t_bench:.0f} s. On this shared machine wall times depend on other jobs "
+                   f"(OpenMP threads spin when the 2 CPUs are oversubscribed); CPU seconds are summed over all "
+                   f"threads of the process (some libraries use more threads than --threads).\n")
         with open(ROOT / "bench" / "RESULTS.md", "a") as f:
             f.write(section)
 
