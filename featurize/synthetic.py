@@ -10,7 +10,6 @@ intensity drifts smoothly, so temporal smoothing helps, as on real videos.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 

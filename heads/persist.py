@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from store.errors import UserError
+from store.jsonfile import read_json
 
 from .registry import class_by_name
 
@@ -39,12 +40,7 @@ def save_head(head, folder) -> None:
 def load_head(folder):
     folder = Path(folder)
     path = folder / "head.json"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no saved head here") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    doc = read_json(path, what="saved head (head.json)")
     if doc.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: head format {doc.get('format_version')!r}; this version reads {FORMAT_VERSION}")
     try:

@@ -14,10 +14,10 @@ can be passed instead. Errors name the recipe and the key.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 from store.errors import UserError
+from store.jsonfile import read_json
 
 from .registry import HEADS, TASK_KINDS, head_class, param_names
 
@@ -50,10 +50,7 @@ def load_recipe(recipe) -> tuple[dict, str]:
                     f"({', '.join(builtin_recipes())})"
                 )
         source = str(path)
-        try:
-            doc = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise RecipeError(f"{source}:{e.lineno}: not valid JSON ({e.msg})") from None
+        doc = read_json(path, what="recipe", error=RecipeError)
     validate_recipe(doc, source)
     return doc, source
 

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from store.errors import UserError
+from store.jsonfile import read_json
 
 from .persist import load_head, save_head
 from .plan import Plan
@@ -66,10 +67,7 @@ def read_run(path) -> tuple[dict, list]:
     f = path / "run.json"
     if not f.is_file():
         raise UserError(f"{path}: not a run folder (no run.json); pass the --out folder of `heads fit`")
-    try:
-        doc = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{f}:{e.lineno}: not valid JSON ({e.msg})") from None
+    doc = read_json(f)
     if doc.get("format") != RUN_FORMAT:
         raise UserError(f"{f}: run format {doc.get('format')!r}; this version reads {RUN_FORMAT}")
     fitted = []

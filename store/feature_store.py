@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from .errors import FingerprintMismatchError, StoreError
+from .jsonfile import toolkit_version
 from .lock import WriterLock
 from .schema import SCHEMA_VERSION, TASKS, get_task
 
@@ -36,15 +37,6 @@ _CHUNK_ROWS = 4096
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _toolkit_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("featheads")
-    except Exception:  # running from a source tree without installation
-        return "unknown"
 
 
 def _missing_value(dtype) -> object:
@@ -155,7 +147,7 @@ class FeatureStore:
         h5 = self._h5
         h5.attrs["schema_version"] = SCHEMA_VERSION
         h5.attrs["encoding"] = "featheads-store"
-        h5.attrs["toolkit_version"] = _toolkit_version()
+        h5.attrs["toolkit_version"] = toolkit_version()
         h5.attrs["created"] = _now()
         g = h5.require_group("samples")
         for name, dtype in (("key", _STR), ("video", _STR), ("split", _STR), ("frame", "int32")):

@@ -117,7 +117,7 @@ def test_errors_are_one_line_and_name_the_problem(tmp_path):
     assert res.exit_code == 2 and "exclude each other" in res.output
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "featheads-blend-spec",\n "task": }')
-    one_line_error(run("apply", "--spec", bad, "--store", store, "--split", "val", ok=False), str(bad), "line 2")
+    one_line_error(run("apply", "--spec", bad, "--store", store, "--split", "val", ok=False), f"{bad}:2: not valid JSON")
     bad.write_text(json.dumps({"format": "featheads-blend-spec", "version": 1, "task": "expr",
                                "tasks": {"expr": {"weights": {"mlp": 1.0}}}}))
     one_line_error(run("apply", "--spec", bad, "--store", store, "--split", "val", ok=False), "tasks.expr.smoothing")
