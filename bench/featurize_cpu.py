@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     lines = [header, "|---|---:|---:|---:|---:|---:|"]
     for name, s, ratio, dmax, demb, dlog in rows:
         lines.append(f"| {name} | {n / s:.1f} | {ratio:.2f} | {dmax:.2e} | {demb:.2e} | {dlog:.2e} |")
-    workers = config.workers if config.workers is not None else f"{default_workers()} (default, {os.cpu_count()} CPUs)"
+    workers = config.workers if config.workers is not None else f"{default_workers('cpu')} (default, {os.cpu_count()} CPUs)"
     notes = [
         f"- {n} images 112x112 RGB JPEG (synthetic s-Aff-Wild2 layout), batch {args.batch_size}, "
         f"decoding workers {workers}; best of {args.repeat} runs each; "

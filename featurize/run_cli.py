@@ -27,7 +27,8 @@ import click
               help="Autocast precision; fp16 needs --gpu. Part of the source identity.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0),
-              help="Decoding worker processes (0: decode in the main process). Default: half the cores, 1 to 8.")
+              help="Decoding worker processes (0: decode in the main process). Default: GPU half the cores, 1 to 8; "
+                   "CPU 0 up to 4 cores (workers would compete with the forward pass), else a quarter of the cores.")
 @click.option("--strict", is_flag=True, help="Stop at the first missing or unreadable image instead of "
               "recording it as invalid.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N rows (a quick trial).")
