@@ -14,6 +14,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .regression_output import RegressionOutputMixin
 from .targets import au_bce_weights, check_binary_matrix, class_weights, encode_classes
 
 __all__ = ["LGBMClassifierHead", "LGBMMultilabelHead", "LGBMRegressorHead"]
@@ -208,7 +209,7 @@ class LGBMMultilabelHead(_LGBMBase):
         return (self.predict_proba(X) >= 0.5).astype(np.int64)
 
 
-class LGBMRegressorHead(RegressorMixin, _LGBMBase):
+class LGBMRegressorHead(RegressionOutputMixin, RegressorMixin, _LGBMBase):
     __doc__ = """One LightGBM regression (L2 loss) per output column; predictions clipped to `clip`.
     """ + _COMMON_DOC
 
@@ -234,7 +235,7 @@ class LGBMRegressorHead(RegressorMixin, _LGBMBase):
 
     def fit(self, X, y, groups=None):
         X, y = self._check_fit_data(X, y, multi_output=True, y_numeric=True)
-        self._single_output = y.ndim == 1
+        self._remember_output_shape(y)
         y2 = y.reshape(len(y), -1).astype(np.float64)
         ds = None
         self.boosters_, self.constant_ = [], []
@@ -250,16 +251,4 @@ class LGBMRegressorHead(RegressorMixin, _LGBMBase):
 
     def predict(self, X):
         X = self._check_X(X)
-        out = np.stack([b.predict(X) for b in self.boosters_], axis=1)
-        if self.clip is not None:
-            out = np.clip(out, self.clip[0], self.clip[1])
-        return out[:, 0] if self._single_output else out
-
-    def _fitted_state(self):
-        meta, arrays, texts = super()._fitted_state()
-        meta["_single_output"] = bool(self._single_output)
-        return meta, arrays, texts
-
-    def _restore_state(self, meta, arrays, texts):
-        super()._restore_state(meta, arrays, texts)
-        self._single_output = meta["_single_output"]
+        return self._shaped_output(np.stack([b.predict(X) for b in self.boosters_], axis=1))

@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .regression_output import RegressionOutputMixin
 from .targets import au_bce_weights, check_binary_matrix, class_weights, encode_classes
 
 __all__ = ["LogisticHead", "LogisticMultilabelHead", "RidgeHead"]
@@ -160,7 +161,7 @@ class LogisticMultilabelHead(_ArrayLinear):
         return (self.predict_proba(X) >= 0.5).astype(np.int64)
 
 
-class RidgeHead(RegressorMixin, _ArrayLinear):
+class RidgeHead(RegressionOutputMixin, RegressorMixin, _ArrayLinear):
     """Ridge regression (alpha) on standardised inputs; predictions clipped to `clip` (None: no clip)."""
 
     def __init__(self, *, alpha=1.0, clip=(-1.0, 1.0)):
@@ -174,7 +175,7 @@ class RidgeHead(RegressorMixin, _ArrayLinear):
 
     def fit(self, X, y, groups=None):
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True)
-        self._single_output = y.ndim == 1
+        self._remember_output_shape(y)
         y2 = y.reshape(len(y), -1).astype(np.float64)
         Xs, mean, scale = _standardized(X)
         r = Ridge(alpha=self.alpha).fit(Xs, y2)
@@ -184,16 +185,4 @@ class RidgeHead(RegressorMixin, _ArrayLinear):
         return self
 
     def predict(self, X):
-        out = self._scores(X)
-        if self.clip is not None:
-            out = np.clip(out, self.clip[0], self.clip[1])
-        return out[:, 0] if self._single_output else out
-
-    def _fitted_state(self):
-        meta, arrays, texts = super()._fitted_state()
-        meta["_single_output"] = bool(self._single_output)
-        return meta, arrays, texts
-
-    def _restore_state(self, meta, arrays, texts):
-        super()._restore_state(meta, arrays, texts)
-        self._single_output = meta["_single_output"]
+        return self._shaped_output(self._scores(X))

@@ -18,6 +18,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import losses
+from .regression_output import RegressionOutputMixin
 from .targets import au_bce_weights, check_binary_matrix, class_weights, encode_classes
 from .torch_training import (
     ACTIVATIONS, MLP, as_feature_tensor, check_choice, feature_stats, forward_chunks, holdout_split,
@@ -258,7 +259,7 @@ class MLPMultilabelHead(_MLPHead):
         return (self.predict_proba(X) >= 0.5).astype(np.int64)
 
 
-class MLPRegressorHead(RegressorMixin, _MLPHead):
+class MLPRegressorHead(RegressionOutputMixin, RegressorMixin, _MLPHead):
     """MLP for continuous outputs: output_activation "identity" (default) or "tanh" (VA in [-1, 1]);
     loss "mse" or "ccc" (1 - mean CCC over the outputs, population moments per batch)."""
 
@@ -296,7 +297,7 @@ class MLPRegressorHead(RegressorMixin, _MLPHead):
 
     def _prepare_targets(self, y):
         y = np.asarray(y, dtype=np.float32)
-        self._single_output = y.ndim == 1
+        self._remember_output_shape(y)
         y2 = y.reshape(len(y), -1)
         return y2, torch.from_numpy(np.ascontiguousarray(y2)), y2.shape[1]
 
@@ -304,10 +305,4 @@ class MLPRegressorHead(RegressorMixin, _MLPHead):
         return losses.ccc_loss if self.loss == "ccc" else losses.mse
 
     def predict(self, X) -> np.ndarray:
-        out = self._raw(X)
-        return out[:, 0] if getattr(self, "_single_output", False) else out
-
-    def _fitted_state(self):
-        meta, arrays, texts = super()._fitted_state()
-        meta["_single_output"] = bool(self._single_output)
-        return meta, arrays, texts
+        return self._shaped_output(self._raw(X))
