@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 from store.schema import get_task
 

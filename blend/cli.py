@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from store.clitools import LazyGroup
+from featheads.core.clitools import LazyGroup
 
 SUBCOMMANDS: dict[str, str] = {
     "tune": "blend.tune_cli:tune",

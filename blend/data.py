@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 
 from .combine import TaskBlend

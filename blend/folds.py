@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 __all__ = ["grouped_folds"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 from store.schema import AFFECTNET_CLASSES, EXPR_NAME_TO_MTL, MTL_TO_LSD, VA_NAMES, get_task
 

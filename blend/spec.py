@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from store.errors import UserError
-from store.jsonfile import read_json, toolkit_version
+from featheads.core.errors import UserError
+from featheads.core.jsonfile import read_json, toolkit_version
 from store.schema import AU_NAMES
 
 from .combine import SCORE_KEYS, TaskParams

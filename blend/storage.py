@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 __all__ = ["resolve_storage", "describe_storage", "is_file_storage"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 from store.schema import AU_NAMES, LSD_CLASSES, MTL_EXPR_CLASSES
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 
 from .combine import SCORE_KEYS, TaskParams, decide, fit_score, task_metrics

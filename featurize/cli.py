@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from store.clitools import LazyGroup
+from featheads.core.clitools import LazyGroup
 
 SUBCOMMANDS = {
     "run": "featurize.run_cli:run",
     "openface": "featurize.openface_cli:openface",
     "sr": "featurize.sr_cli:sr",
-    "demo": "featurize.demo:demo",
+    "demo": "featheads.app.demo:demo",
     "backbones": "featurize.backbones_cli:backbones",
 }
 

@@ -18,7 +18,7 @@ import contextlib
 import numpy as np
 import torch
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 from .bn_fold import fold_batchnorm
 

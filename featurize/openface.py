@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from store import STATUS_INVALID, STATUS_MISSING, STATUS_OK, FeatureStore
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 # Column groups: name -> pattern of its columns (kept in file order) and the FeatureExtraction flag.
 GROUPS = {

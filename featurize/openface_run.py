@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from store import FeatureStore
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 from .openface import GROUPS, folder_of, list_frames, sequence_csv_path
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from store import STATUS_INVALID, STATUS_MISSING, STATUS_OK, FeatureStore
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 from .images import ImageDecodeError, decode_resized, open_image_root
 from .journal import Journal

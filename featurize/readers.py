@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 from store.schema import AU_NAMES, EXPR_NAME_TO_MTL, LSD_FOLDERS, TASKS
 
 from .images import is_image_name

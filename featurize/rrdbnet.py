@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 UPSCALE = 4  # two (nearest x2 -> conv) stages, the layout of RealESRGAN_x4plus
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 from .images import DECODE_ERRORS, ImageDecodeError, open_image_root
 from .rrdbnet import UPSCALE, RRDBNet

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 
 @click.command()

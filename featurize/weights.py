@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 CACHE_ENV = "FEATHEADS_CACHE"
 

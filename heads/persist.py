@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from store.errors import UserError
-from store.jsonfile import read_json
+from featheads.core.errors import UserError
+from featheads.core.jsonfile import read_json
 
 from .registry import class_by_name
 

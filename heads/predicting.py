@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 
 from .plan import OUTPUT_NAMES, head_scores

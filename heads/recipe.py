@@ -16,8 +16,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from store.errors import UserError
-from store.jsonfile import read_json
+from featheads.core.errors import UserError
+from featheads.core.jsonfile import read_json
 
 from .registry import HEADS, TASK_KINDS, head_class, param_names
 

@@ -19,8 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from store.errors import UserError
-from store.jsonfile import read_json
+from featheads.core.errors import UserError
+from featheads.core.jsonfile import read_json
 
 from .persist import load_head, save_head
 from .plan import Plan

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .clitools import LazyGroup
+from featheads.core.clitools import LazyGroup
 
 
 @click.group(cls=LazyGroup)

@@ -5,8 +5,9 @@ Every error a user can fix derives from `UserError`; the command-line groups tur
 """
 
 
-class UserError(Exception):
-    """A problem the user can fix; the message names the file and line or key."""
+from featheads.core.errors import UserError
+
+__all__ = ["FingerprintMismatchError", "StoreError", "StoreLockedError", "UserError"]
 
 
 class StoreError(UserError):

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from .errors import FingerprintMismatchError, StoreError
-from .jsonfile import toolkit_version
+from featheads.core.jsonfile import toolkit_version
 from .lock import WriterLock
 from .schema import SCHEMA_VERSION, TASKS, get_task
 

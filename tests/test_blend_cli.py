@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from blend.cli import main
 from blend.submission import validate_submission
-from store.errors import UserError
+from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 
 from blend_fixtures import LOGIT_SOURCE, write_lsd_store, write_mtl_store

@@ -12,7 +12,7 @@ from blend.inputs import read_input
 from blend.spec import read_spec, write_spec
 from blend.tune import tune
 from heads.metrics import au_metrics, binarize_au
-from store.errors import UserError
+from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 from store.schema import AFFECTNET_TO_LSD, AFFECTNET_TO_MTL
 

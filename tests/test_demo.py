@@ -18,7 +18,7 @@ LSD_COUNTS = ((12, 10, 10, 20, 30, 10), (8, 8, 8, 8, 8, 8))
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, request):
     """The demo with the real mini-Xception where ../shared has it, else the offline random-init fallback."""
-    from featurize.demo import OFFLINE_BACKBONE, run_demo
+    from featheads.app.demo import OFFLINE_BACKBONE, run_demo
 
     from conftest import SHARED
 
@@ -73,7 +73,7 @@ def test_demo_falls_back_to_a_labelled_random_backbone_when_weights_cannot_be_ha
     import urllib.error
 
     import featurize.weights as weights
-    from featurize.demo import OFFLINE_BACKBONE, _pick_backbone
+    from featheads.app.demo import OFFLINE_BACKBONE, _pick_backbone
 
     monkeypatch.setenv("FEATHEADS_CACHE", str(tmp_path))  # empty cache
 

@@ -8,7 +8,7 @@ import pytest
 from openface_fixtures import AU_COLUMNS, write_image_csv, write_sequence_csv
 
 from featurize.openface import parse_groups, read_openface_csv
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 
 def _csv_module_columns(path, names):

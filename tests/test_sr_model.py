@@ -11,7 +11,7 @@ from PIL import Image
 from featurize.rrdbnet import RRDBNet, RRDBNetConfig, load_rrdbnet
 from featurize.sr import Upscaler
 from featurize.sr_resize import resize_lanczos4
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 SMALL = RRDBNetConfig(num_feat=8, num_block=1, num_grow_ch=4)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 
 class KerasFileError(UserError):

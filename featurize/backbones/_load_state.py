@@ -6,7 +6,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 from ._safe_pickle import Harvest
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 from ._spec import BackboneSpec
 

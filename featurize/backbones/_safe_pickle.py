@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from store.errors import UserError
+from featheads.core.errors import UserError
 
 
 class UnsafePickleError(UserError):

@@ -19,8 +19,8 @@ RECIPES = ("paper", "logistic")
 
 def _pick_backbone(backbone: str, weights, echo) -> tuple[str, object, bool]:
     """(backbone, weights, random_init): the requested backbone, or a random-init one when offline."""
-    from .backbones import get_spec
-    from .weights import WeightsUnavailableError, resolve_weights
+    from featurize.backbones import get_spec
+    from featurize.weights import WeightsUnavailableError, resolve_weights
 
     if weights is not None or backbone.startswith("timm:"):
         return backbone, weights, backbone.startswith("timm:") and weights is None
@@ -64,8 +64,8 @@ def run_demo(out, *, seed: int = 0, backbone: str = DEFAULT_BACKBONE, weights=No
     from blend.tune import tune
     from heads.fitting import fit_lsd, fit_mtl
 
-    from .pipeline import run_featurize
-    from .synthetic import write_dataset, write_lsd_dataset
+    from featurize.pipeline import run_featurize
+    from featurize.synthetic import write_dataset, write_lsd_dataset
 
     t0 = time.perf_counter()
     out = Path(out)
