@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a source checkout
     sys.path.insert(0, str(REPO))
 
-from store.errors import UserError  # noqa: E402
+from featheads.core.errors import UserError  # noqa: E402
 from store.feature_store import FeatureStore  # noqa: E402
 from store.schema import AU_NAMES, MTL_EXPR_CLASSES  # noqa: E402
 

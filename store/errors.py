@@ -1,6 +1,6 @@
-"""Errors a user can cause (bad path, bad annotation line, wrong fingerprint, a second writer, ...).
+"""The store's errors (wrong fingerprint, a second writer, a bad store file).
 
-Every error a user can fix derives from `UserError`; the command-line groups turn it into one line
+Each derives from `featheads.core.errors.UserError` (re-exported here); the command-line groups turn it into one line
 `Error: <message>` and exit code 1, with no traceback.
 """
 
