@@ -1,25 +1,46 @@
 """matplotlib figures of a blend: confusion matrix, per-AU F1 bars, blend-weight curves.
 
 Figures are built with the object API (matplotlib.figure.Figure), so saving them needs no GUI
-backend and notebooks show them with ``display(fig)``.
+backend and notebooks show them with ``display(fig)``. Each is built in matplotlib's default style
+(`toolkit_style`), so a style another library set globally (Optuna's plots set one) does not leak in.
 """
 from __future__ import annotations
 
+import functools
+
+import matplotlib
+import matplotlib.style
 import numpy as np
 from matplotlib.figure import Figure
 
 __all__ = ["confusion_figure", "au_f1_figure", "weight_curve_figure"]
 
 
+def toolkit_style(build):
+    """Build the figure under matplotlib's defaults, whatever style is active globally."""
+    @functools.wraps(build)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(), matplotlib.style.context("default"):
+            return build(*args, **kwargs)
+    return wrapper
+
+
+@toolkit_style
+
 def confusion_figure(y, pred, class_names, title: str = "") -> Figure:
-    """Row-normalised confusion matrix (true class per row), with counts in the cells."""
+    """Row-normalised confusion matrix (true class per row), with counts in the cells.
+
+    A class with no true row in the split has no rate to show: its row stays blank (not 0.00)."""
     k = len(class_names)
     counts = np.bincount(np.asarray(y) * k + np.asarray(pred), minlength=k * k).reshape(k, k)
-    rate = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig = Figure(figsize=(1.0 + 0.75 * k, 0.8 + 0.7 * k), layout="constrained")
+    n_true = counts.sum(axis=1, keepdims=True)
+    rate = np.where(n_true > 0, counts / np.maximum(n_true, 1), np.nan)
+    fig = Figure(figsize=(1.4 + 0.75 * k, 0.8 + 0.7 * k), layout="constrained")
     ax = fig.add_subplot()
-    im = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+    im = ax.imshow(np.ma.masked_invalid(rate), cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
+        if n_true[i, 0] == 0:
+            continue
         for j in range(k):
             ax.text(j, i, f"{rate[i, j]:.2f}\n{counts[i, j]}", ha="center", va="center", fontsize=7,
                     color="white" if rate[i, j] > 0.6 else "black")
@@ -28,10 +49,11 @@ def confusion_figure(y, pred, class_names, title: str = "") -> Figure:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix (row-normalised)")
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class's rows")
     return fig
 
 
+@toolkit_style
 def au_f1_figure(per_au_f1: dict, thresholds=None, title: str = "") -> Figure:
     """F1 per AU as bars, the decision threshold of each written above its bar."""
     names = list(per_au_f1)
@@ -47,12 +69,18 @@ def au_f1_figure(per_au_f1: dict, thresholds=None, title: str = "") -> Figure:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1")
     ax.set_title(title or "per-AU F1")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False, fontsize=8)  # above the bars
     return fig
 
 
+@toolkit_style
 def weight_curve_figure(curves: dict, score_names: dict) -> Figure:
-    """curves: {task: {"curves": {input: (weights, scores)}, "tuned": {input: weight}, "tuned_score": s}}."""
+    """curves: {task: {"curves": {input: (weights, scores)}, "tuned": {input: weight}, "tuned_score": s}}.
+
+    Each curve is the score on the plotted split as one weight varies (the others keep their proportions);
+    the star is the weight of the spec, at its score. A star below its curve's maximum is expected: the
+    study searched every weight and the smoothing together with a finite number of trials, and a curve's
+    maximum is picked by looking at this split (in-sample), which the tuner does not do."""
     tasks = [t for t in curves if curves[t]["curves"]]
     fig = Figure(figsize=(4.6 * max(len(tasks), 1), 3.6), layout="constrained")
     if not tasks:
@@ -68,6 +96,7 @@ def weight_curve_figure(curves: dict, score_names: dict) -> Figure:
             ax.plot([c["tuned"][name]], [c["tuned_score"]], marker="*", ms=12, color=line.get_color())
         ax.set_xlabel("weight of the input (others keep their proportions)")
         ax.set_ylabel(score_names[t])
-        ax.set_title(f"{t}: blend-weight curves (stars: tuned)", fontsize=9)
+        ax.set_title(f"{t}: score on this split by weight\n(stars: the spec's weights; curve maxima are in-sample)",
+                     fontsize=9)
         ax.legend(fontsize=7)
     return fig
