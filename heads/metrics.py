@@ -1,6 +1,6 @@
 """Challenge metrics on plain numpy arrays: CCC, P_VA, macro F1, per-AU F1, P_MTL, LSD F1, ABAW2 score.
 
-Conventions shared by every function here (ABAW, REFERENCE.md "Metrics"):
+Conventions shared by every function here (ABAW, docs/REFERENCE.md "Metrics"):
 
 - Missing labels are excluded task by task: expression/LSD label ``-1``, a VA row with a NaN in
   either column, an AU row with a ``-1`` in any column (the whole AU vector is then missing).

@@ -35,7 +35,7 @@ def class_weights(y: np.ndarray, n_classes: int, scheme, classes=None) -> np.nda
     """Per-class loss weights from the training labels y (n,) in 0..n_classes-1.
 
     scheme: None (no weights); "inverse_max": max(count) / count, so the most frequent class has 1.0
-    (REFERENCE.md, EXPR head); "balanced": mean(count) / count over the classes present (LSD head,
+    (docs/REFERENCE.md, EXPR head); "balanced": mean(count) / count over the classes present (LSD head,
     scikit-learn's "balanced"); a sequence of n_classes numbers; or a dict {class: weight} (keys are
     the labels in `classes`, or their str() as in JSON; classes not named get 1). Absent classes get
     weight 0 under "inverse_max" and "balanced".
@@ -63,7 +63,7 @@ def class_weights(y: np.ndarray, n_classes: int, scheme, classes=None) -> np.nda
 
 
 def au_bce_weights(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-AU weights of weighted BCE: w1 = total / (2 pos), w0 = total / (2 neg) (REFERENCE.md).
+    """Per-AU weights of weighted BCE: w1 = total / (2 pos), w0 = total / (2 neg) (docs/REFERENCE.md).
 
     An AU with no positive (or no negative) training row gets weight 1 on the missing side.
     """

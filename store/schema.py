@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
 
-# ABAW4 MTL expression order (REFERENCE.md).
+# ABAW4 MTL expression order (docs/REFERENCE.md).
 MTL_EXPR_CLASSES = (
     "Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other",
 )

@@ -39,5 +39,5 @@ def test_affectnet_logits_contempt_becomes_other_and_va_passes_through(tmp_path)
         assert input_tasks(st, "logits:bb") == ["expr", "va", "lsd"]
         expr = read_input(st, "logits:bb", "expr", st.rows("val"))[0]
         va = read_input(st, "logits:bb", "va", st.rows("val"))[0]
-    np.testing.assert_allclose(expr, e[[5, 0, 2, 3, 4, 6, 7, 1]], rtol=1e-6)  # REFERENCE.md's map
+    np.testing.assert_allclose(expr, e[[5, 0, 2, 3, 4, 6, 7, 1]], rtol=1e-6)  # docs/REFERENCE.md's map
     np.testing.assert_allclose(va, [0.4, -0.6], rtol=1e-6)
