@@ -1,7 +1,7 @@
 """Heads at the real s-Aff-Wild2 size: time and peak memory of `heads fit mtl` per recipe, and the
 torch MLP head against scikit-learn's MLPClassifier with the same architecture.
 
-    python bench/heads_scale.py [--threads 2] [--recipes paper,logistic,lightgbm] [--workdir DIR]
+    python bench/heads_scale.py [--threads 2] [--recipes paper,logistic,lightgbm] [--workdir DIR] [--loaded [--busy K]]
 
 1. Writes a synthetic feature store of the real size: 142,333 train + 26,876 val rows of 1280-d
    embeddings + 10 logits (float32) whose labels follow planted rules, with s-Aff-Wild2's label-missing
@@ -16,8 +16,15 @@ torch MLP head against scikit-learn's MLPClassifier with the same architecture.
    test macro F1 reaches ours minus 0.005 (at most 40 epochs). Ratio = its time to equal F1 / ours.
    The same-10-epochs ratio is printed too.
 
-Thread count: --threads sets OMP/MKL/OpenBLAS threads for everything (torch, LightGBM, numpy) before
-they are imported. Prints a table and appends a section to bench/RESULTS.md.
+4. --loaded: each recipe again while K other processes (default: one per CPU this process may use) keep
+   the cores busy, with the toolkit's thread settings (passive OpenMP waiting, featheads/core/threads.py)
+   and with OpenMP's active spin-waiting (OMP_WAIT_POLICY=ACTIVE, what the libraries do when left alone);
+   the slowdown of each against the quiet run of the same invocation. With T threads and K busy processes on
+   T cores a fair share is (K + T) / T: 2x for 2 busy processes, 2 threads, 2 cores.
+
+Thread count: --threads caps the threads of everything (torch, LightGBM, numpy), set as the `heads`
+command does (featheads.core.threads.prepare_threads) before they are imported. Prints a table and
+appends a section to bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -25,12 +32,15 @@ import argparse
 import os
 import sys
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
 if __name__ == "__main__":  # thread counts must be set before numpy / torch are imported
+    from featheads.core.threads import prepare_threads
+
     _p = argparse.ArgumentParser(add_help=False)
     _p.add_argument("--threads", type=int, default=2)
-    _threads = str(_p.parse_known_args()[0].threads)
-    for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[_v] = _threads
+    prepare_threads(_p.parse_known_args()[0].threads)
 
 import datetime as dt
 import json
@@ -43,8 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(ROOT)
 
 N_TRAIN, N_VAL = 142_333, 26_876
 TRAIN_LABELLED = {"va": 103_917, "expr": 90_645, "au": 103_316}
@@ -118,12 +127,45 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_recipe(recipe: str, store: Path, workdir: Path) -> dict:
+def run_recipe(recipe: str, store: Path, workdir: Path, env_extra: dict | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", recipe, "--store", str(store), "--out", str(workdir / "runs" / recipe)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env_extra or {})})
     if proc.returncode != 0:
         raise SystemExit(f"recipe {recipe} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class BusyCores:
+    """K processes that each keep one core busy (a pure-Python loop), for the length of a `with` block."""
+
+    def __init__(self, k: int):
+        self.k, self.procs = k, []
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.k)]
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+ACTIVE_WAIT = {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "200"}  # the libraries' behaviour left alone
+
+
+def loaded_runs(recipes, store: Path, workdir: Path, busy: int) -> dict:
+    """{recipe: {"passive": result, "active": result}} with `busy` other processes holding the cores."""
+    out = {}
+    with BusyCores(busy):
+        for recipe in recipes:
+            out[recipe] = {}
+            for mode, env in (("passive", None), ("active", ACTIVE_WAIT)):
+                out[recipe][mode] = r = run_recipe(recipe, store, workdir, env)
+                print(f"{recipe} with {busy} busy processes, {mode} waiting: {r['wall_s']:.1f} s "
+                      f"(CPU {r['cpu_s']:.1f} s)", flush=True)
+    return out
 
 
 # ---------------------------------------------------------------------------- MLP vs scikit-learn
@@ -198,6 +240,9 @@ def main(argv=None) -> None:
     ap.add_argument("--recipes", default="paper,logistic,lightgbm")
     ap.add_argument("--workdir", default=None, help="where the synthetic store goes [a temporary folder]")
     ap.add_argument("--skip-sklearn", action="store_true")
+    ap.add_argument("--loaded", action="store_true", help="also run each recipe while other processes keep the "
+                    "cores busy, and report the slowdown against the quiet run")
+    ap.add_argument("--busy", type=int, default=None, help="--loaded: busy processes [one per available CPU]")
     ap.add_argument("--no-append", action="store_true", help="do not append to bench/RESULTS.md")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
@@ -219,6 +264,12 @@ def main(argv=None) -> None:
             results[recipe] = run_recipe(recipe, store, workdir)
             r = results[recipe]
             print(f"{recipe}: {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        loaded = None
+        if a.loaded:
+            from featheads.core.threads import available_cpus
+
+            busy = a.busy or available_cpus()
+            loaded = loaded_runs(list(results), store, workdir, busy)
     cmp = None if a.skip_sklearn else mlp_vs_sklearn()
 
     lines = [f"| recipe | threads | heads fit mtl wall (s) | CPU (s) | fit expr / va / au wall (s) | "
@@ -230,6 +281,19 @@ def main(argv=None) -> None:
                      f"{f.get('expr', 0):.1f} / {f.get('va', 0):.1f} / {f.get('au', 0):.1f} | "
                      f"{c.get('expr', 0):.1f} / {c.get('va', 0):.1f} / {c.get('au', 0):.1f} | "
                      f"{r['peak_rss_mb']:.0f} | {m['P_VA']:.3f} | {m['P_EXPR']:.3f} | {m['P_AU']:.3f} |")
+    if loaded:
+        lines += ["", f"The same recipes while {busy} other processes keep the cores busy (this invocation's quiet "
+                  f"run as the reference; a fair share is about {(busy + a.threads) / a.threads:.1f}x):", "",
+                  "| recipe | OpenMP waiting | wall (s) | CPU (s) | slowdown vs quiet | fit expr / va / au wall (s) |",
+                  "|---|---|---|---|---|---|"]
+        for recipe, modes in loaded.items():
+            quiet = results[recipe]["wall_s"]
+            for mode, r in modes.items():
+                f = r["fit_s"]
+                label = "passive (featheads)" if mode == "passive" else "active (libraries' default spin)"
+                lines.append(f"| {recipe} | {label} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+                             f"{r['wall_s'] / quiet:.2f}x | {f.get('expr', 0):.1f} / {f.get('va', 0):.1f} / "
+                             f"{f.get('au', 0):.1f} |")
     if cmp:
         lines += ["", f"MLP 1290 -> 128 ReLU -> 8 on {cmp['n']:,} x {cmp['d']} (planted rule), Adam 1e-3, batch 512:", "",
                   "| model | epochs | fit wall (s) | fit CPU (s) | test macro F1 |", "|---|---|---|---|---|",

@@ -1,9 +1,13 @@
 """`blend` command group. Subcommands live in their own modules, imported when used."""
 from __future__ import annotations
 
-import click
+from featheads.core.threads import prepare_threads, threads_from_argv
 
-from featheads.core.clitools import LazyGroup
+prepare_threads(threads_from_argv())  # thread counts and passive waiting, before numpy / torch / LightGBM load
+
+import click  # noqa: E402
+
+from featheads.core.clitools import LazyGroup  # noqa: E402
 
 SUBCOMMANDS: dict[str, str] = {
     "tune": "blend.tune_cli:tune",

@@ -1,11 +1,16 @@
 """`heads` command group. Subcommands live in their own modules, imported when used."""
 from __future__ import annotations
 
-import click
+from featheads.core.threads import prepare_threads, threads_from_argv
 
-from featheads.core.clitools import LazyGroup
+prepare_threads(threads_from_argv())  # thread counts and passive waiting, before numpy / torch / LightGBM load
 
-SUBCOMMANDS: dict[str, str] = {"fit": "heads.fit_cli:fit", "predict": "heads.predict_cli:predict"}
+import click  # noqa: E402
+
+from featheads.core.clitools import LazyGroup  # noqa: E402
+
+SUBCOMMANDS: dict[str, str] = {"fit": "heads.fit_cli:fit", "predict": "heads.predict_cli:predict",
+                               "tune": "heads.tune_cli:tune"}
 
 
 @click.group(cls=LazyGroup, lazy=SUBCOMMANDS)
