@@ -5,9 +5,7 @@ from featheads.core.threads import prepare_threads, threads_from_argv
 
 prepare_threads(threads_from_argv())  # thread counts and passive waiting, before numpy / torch / LightGBM load
 
-import click  # noqa: E402
-
-from featheads.core.clitools import LazyGroup  # noqa: E402
+from featheads.core.clitools import command_group  # noqa: E402  (after prepare_threads)
 
 SUBCOMMANDS: dict[str, str] = {
     "tune": "blend.tune_cli:tune",
@@ -16,11 +14,9 @@ SUBCOMMANDS: dict[str, str] = {
     "report": "blend.report_cli:report",
 }
 
-
-@click.group(cls=LazyGroup, lazy=SUBCOMMANDS)
-@click.version_option(package_name="featheads")
-def main():
-    """Tune blends, per-AU thresholds and smoothing with Optuna; apply them; write submissions."""
+main = command_group(
+    "Tune blends, per-AU thresholds and smoothing with Optuna; apply them; write submissions.", SUBCOMMANDS,
+)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Shared by the four command groups: lazy subcommands and one-line errors for UserError."""
+"""Shared by the four command groups: lazy subcommands, --version and one-line errors for UserError."""
 from __future__ import annotations
 
 import importlib
@@ -30,3 +30,14 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             raise click.ClickException(str(e)) from None
+
+
+def command_group(help: str, subcommands: dict[str, str] | None = None) -> click.Group:
+    """A featheads command group (`featurize`, `heads`, `blend`, `store`): `subcommands` maps a name to
+    "module:attr", imported when used; --version; UserErrors as one line and exit code 1."""
+    @click.group(cls=LazyGroup, lazy=subcommands, help=help)
+    @click.version_option(package_name="featheads")
+    def main():
+        pass
+
+    return main

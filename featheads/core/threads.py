@@ -66,7 +66,12 @@ def threads_from_argv(argv=None) -> int | None:
     """The value of `--threads N` / `--threads=N` on a command line, read before click parses it."""
     argv = sys.argv[1:] if argv is None else argv
     for i, a in enumerate(argv):
-        value = argv[i + 1] if a == "--threads" and i + 1 < len(argv) else a[10:] if a.startswith("--threads=") else None
+        if a == "--threads" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith("--threads="):
+            value = a[len("--threads="):]
+        else:
+            continue
         if value is not None:
             try:
                 return int(value)
