@@ -218,39 +218,7 @@ def plan_ingest(store_path, csv_dir, *, images=None, groups=DEFAULT_GROUPS, spli
     by_folder: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         by_folder.setdefault(folder_of(k), []).append(i)
-
-    n = len(target)
-    values = np.full((n, 0), np.nan, dtype=np.float32)
-    status = np.full(n, -1, dtype=np.int8)  # -1: no CSV covers the row
-    reasons: dict[str, int] = {}
-    kinds: dict[str, int] = {}
-    files: list[str] = []
-    columns: list[str] | None = None
-
-    def check_columns(table: OpenFaceTable):
-        nonlocal columns, values
-        if columns is None:
-            columns = table.columns
-            if old_columns is not None and old_columns != columns:
-                raise UserError(
-                    f"{table.path}: columns {_diff(columns, old_columns)} differ from those of source "
-                    f"{source!r} in {store_path}; use another --source-name or the same --groups"
-                )
-            values = np.full((n, len(columns)), np.nan, dtype=np.float32)
-        elif table.columns != columns:
-            raise UserError(f"{table.path}: columns {_diff(table.columns, columns)} differ from {files[0]}")
-        kinds[table.kind] = kinds.get(table.kind, 0) + 1
-        files.append(str(table.path))
-
-    def take(table: OpenFaceTable, positions: np.ndarray, table_rows: np.ndarray):
-        v = table.values[table_rows]
-        ok = table.success[table_rows] & np.isfinite(v).all(axis=1)
-        for why, mask in (("success 0", ~table.success[table_rows]),
-                          ("non-finite value", table.success[table_rows] & ~ok)):
-            if mask.any():
-                reasons[why] = reasons.get(why, 0) + int(mask.sum())
-        values[positions] = v
-        status[positions] = np.where(ok, STATUS_OK, STATUS_INVALID)
+    plan = _PlanBuilder(keys, groups, old_columns, where=f"source {source!r} in {store_path}")
 
     from tqdm import tqdm
 
@@ -259,69 +227,120 @@ def plan_ingest(store_path, csv_dir, *, images=None, groups=DEFAULT_GROUPS, spli
         members = np.array(by_folder[folder])
         seq = sequence_csv_path(csv_dir, folder, images)
         if seq is not None and seq.is_file():
-            if images is None:
-                raise UserError(
-                    f"{seq} is a FeatureExtraction CSV whose rows are numbered frames: pass --images (the "
-                    "folder OpenFace read) so that frame i can be matched to the i-th sorted file"
-                )
-            table = read_openface_csv(seq, groups)
-            if table.kind != "sequence":
-                raise UserError(f"{seq}: a FaceLandmarkImg (per-image) CSV where a FeatureExtraction CSV "
-                                f"for the folder {folder or images} was expected")
-            check_columns(table)
-            frames = list_frames(images / folder)
-            _check_frames(table, frames, images / folder)
-            row_of_name = {name: i for i, name in enumerate(frames)}
-            pos, trows = [], []
-            for m in members:
-                r = row_of_name.get(keys[m].rpartition("/")[2])
-                if r is None:
-                    why = "not among the folder's frames"
-                    reasons[why] = reasons.get(why, 0) + 1
-                    status[m] = STATUS_INVALID
-                else:
-                    pos.append(m)
-                    trows.append(r)
-            if pos:
-                take(table, np.array(pos), np.array(trows))
-            continue
-        for m in members:
-            stem = os.path.splitext(keys[m].rpartition("/")[2])[0]
-            img_csv = csv_dir / folder / f"{stem}.csv" if folder else csv_dir / f"{stem}.csv"
-            if not img_csv.is_file():
-                continue
-            table = read_openface_csv(img_csv, groups)
-            if table.kind != "image":
-                raise UserError(f"{img_csv}: a FeatureExtraction CSV where a per-image (FaceLandmarkImg) CSV "
-                                f"for {keys[m]} was expected")
-            check_columns(table)
-            faces = np.flatnonzero(table.success)
-            if len(faces) == 0:
-                reasons["no face found"] = reasons.get("no face found", 0) + 1
-                status[m] = STATUS_INVALID
-                continue
-            conf = table.confidence[faces] if table.confidence is not None else np.zeros(len(faces))
-            best = faces[int(np.argmax(conf))]
-            take(table, np.array([m]), np.array([best]))
+            plan.add_sequence(seq, images, folder, members)
+        else:
+            plan.add_images(csv_dir, folder, members)
 
-    if not files:
+    if not plan.files:
         first = sorted(by_folder)[0]
         example = sequence_csv_path(csv_dir, first, images) or csv_dir / "<images folder name>.csv"
         raise UserError(
             f"--csv-dir {csv_dir}: no OpenFace CSV for any of the {len(by_folder)} folder(s) of the "
-            f"{n} row(s){f' of split {split!r}' if split else ''} (looked for e.g. {example} or per-image "
-            f"<folder>/<image stem>.csv)"
+            f"{len(target)} row(s){f' of split {split!r}' if split else ''} (looked for e.g. {example} or "
+            f"per-image <folder>/<image stem>.csv)"
         )
-    uncovered = status == -1
-    # Rows without a CSV become invalid only where the source has nothing yet.
-    write = ~uncovered | (current == STATUS_MISSING)
-    if (uncovered & write).any():
-        reasons["no CSV"] = int((uncovered & write).sum())
-    status[uncovered] = STATUS_INVALID
-    values[status != STATUS_OK] = np.nan
-    return IngestPlan(rows=target[write], values=values[write], status=status[write], columns=columns,
-                      groups=tuple(groups), files=files, kinds=kinds, reasons=reasons,
-                      kept=int((uncovered & ~write).sum()))
+    return plan.finish(target, current)
+
+
+class _PlanBuilder:
+    """The values and statuses of an ingest plan, filled CSV by CSV (positions index the target rows)."""
+
+    def __init__(self, keys, groups, old_columns, where: str):
+        self.keys, self.groups, self.old_columns, self.where = keys, tuple(groups), old_columns, where
+        n = len(keys)
+        self.values = np.full((n, 0), np.nan, dtype=np.float32)
+        self.status = np.full(n, -1, dtype=np.int8)  # -1: no CSV covers the row
+        self.columns: list[str] | None = None
+        self.reasons: dict[str, int] = {}
+        self.kinds: dict[str, int] = {}
+        self.files: list[str] = []
+
+    def invalid(self, why: str, count: int = 1) -> None:
+        self.reasons[why] = self.reasons.get(why, 0) + count
+
+    def check_columns(self, table: OpenFaceTable) -> None:
+        if self.columns is None:
+            self.columns = table.columns
+            if self.old_columns is not None and self.old_columns != self.columns:
+                raise UserError(
+                    f"{table.path}: columns {_diff(self.columns, self.old_columns)} differ from those of "
+                    f"{self.where}; use another --source-name or the same --groups"
+                )
+            self.values = np.full((len(self.keys), len(self.columns)), np.nan, dtype=np.float32)
+        elif table.columns != self.columns:
+            raise UserError(f"{table.path}: columns {_diff(table.columns, self.columns)} differ from {self.files[0]}")
+        self.kinds[table.kind] = self.kinds.get(table.kind, 0) + 1
+        self.files.append(str(table.path))
+
+    def take(self, table: OpenFaceTable, positions: np.ndarray, table_rows: np.ndarray) -> None:
+        v = table.values[table_rows]
+        ok = table.success[table_rows] & np.isfinite(v).all(axis=1)
+        for why, mask in (("success 0", ~table.success[table_rows]),
+                          ("non-finite value", table.success[table_rows] & ~ok)):
+            if mask.any():
+                self.invalid(why, int(mask.sum()))
+        self.values[positions] = v
+        self.status[positions] = np.where(ok, STATUS_OK, STATUS_INVALID)
+
+    def add_sequence(self, seq: Path, images: Path | None, folder: str, members: np.ndarray) -> None:
+        """A FeatureExtraction CSV of a whole folder: row i is the folder's i-th sorted frame."""
+        if images is None:
+            raise UserError(
+                f"{seq} is a FeatureExtraction CSV whose rows are numbered frames: pass --images (the "
+                "folder OpenFace read) so that frame i can be matched to the i-th sorted file"
+            )
+        table = read_openface_csv(seq, self.groups)
+        if table.kind != "sequence":
+            raise UserError(f"{seq}: a FaceLandmarkImg (per-image) CSV where a FeatureExtraction CSV "
+                            f"for the folder {folder or images} was expected")
+        self.check_columns(table)
+        frames = list_frames(images / folder)
+        _check_frames(table, frames, images / folder)
+        row_of_name = {name: i for i, name in enumerate(frames)}
+        pos, trows = [], []
+        for m in members:
+            r = row_of_name.get(self.keys[m].rpartition("/")[2])
+            if r is None:
+                self.invalid("not among the folder's frames")
+                self.status[m] = STATUS_INVALID
+            else:
+                pos.append(m)
+                trows.append(r)
+        if pos:
+            self.take(table, np.array(pos), np.array(trows))
+
+    def add_images(self, csv_dir: Path, folder: str, members: np.ndarray) -> None:
+        """Per-image FaceLandmarkImg CSVs <csv-dir>/<folder>/<stem>.csv: the most confident face of each."""
+        for m in members:
+            stem = os.path.splitext(self.keys[m].rpartition("/")[2])[0]
+            img_csv = csv_dir / folder / f"{stem}.csv" if folder else csv_dir / f"{stem}.csv"
+            if not img_csv.is_file():
+                continue
+            table = read_openface_csv(img_csv, self.groups)
+            if table.kind != "image":
+                raise UserError(f"{img_csv}: a FeatureExtraction CSV where a per-image (FaceLandmarkImg) CSV "
+                                f"for {self.keys[m]} was expected")
+            self.check_columns(table)
+            faces = np.flatnonzero(table.success)
+            if len(faces) == 0:
+                self.invalid("no face found")
+                self.status[m] = STATUS_INVALID
+                continue
+            conf = table.confidence[faces] if table.confidence is not None else np.zeros(len(faces))
+            self.take(table, np.array([m]), np.array([faces[int(np.argmax(conf))]]))
+
+    def finish(self, target: np.ndarray, current: np.ndarray) -> IngestPlan:
+        """Rows no CSV covers become invalid only where the source has nothing for them yet."""
+        uncovered = self.status == -1
+        write = ~uncovered | (current == STATUS_MISSING)
+        if (uncovered & write).any():
+            self.reasons["no CSV"] = int((uncovered & write).sum())
+        status = np.where(uncovered, STATUS_INVALID, self.status).astype(np.int8)
+        values = self.values
+        values[status != STATUS_OK] = np.nan
+        return IngestPlan(rows=target[write], values=values[write], status=status[write], columns=self.columns,
+                          groups=self.groups, files=self.files, kinds=self.kinds, reasons=self.reasons,
+                          kept=int((uncovered & ~write).sum()))
 
 
 def _check_frames(table: OpenFaceTable, frames: list[str], folder: Path) -> None:
