@@ -37,7 +37,7 @@ def apply_spec(spec: BlendSpec, store_path, split: str, *, name: str = "final", 
     """Write the blend's predictions for `split` to run `name`; return {task: metrics} where labelled."""
     inputs = {n for p in spec.tasks.values() for n in p.weights}
     if name in inputs:
-        raise UserError(f"--name {name!r} is one of the blend's inputs; writing there would overwrite it")
+        raise UserError(f"--run {name!r} is one of the blend's inputs; writing there would overwrite it")
     with FeatureStore.open(store_path, "r") as st:
         data, scores = blend_split(spec, st, split)
     metrics = {}

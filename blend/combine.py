@@ -3,7 +3,8 @@
 One `TaskBlend` holds one task's inputs on a fixed set of rows, laid out once for speed
 (columns first, float32, missing predictions zeroed), and turns parameters into scores:
 
-    scores = weighted mean of the inputs present on each row     (R inputs -> one (C, n) array)
+    scores = weighted mean of the inputs present on each row     (R inputs -> one (C, n) array;
+             weights normalised over the inputs present on that row, so a spec's weights are relative)
     scores = temporal smoothing of scores                        (blend.smoothing)
     scores = clip(scores, -1, 1)                                 (va only)
 
@@ -34,7 +35,7 @@ SCORE_KEYS = {"expr": "P_EXPR", "va": "P_VA", "au": "P_AU", "lsd": "P_LSD"}
 class TaskParams:
     """What a blend spec holds for one task."""
 
-    weights: dict[str, float]  # input name -> weight; the weights sum to 1
+    weights: dict[str, float]  # input name -> weight >= 0, relative: normalised over the inputs present on a row
     smoothing: Smoothing = field(default_factory=Smoothing)
     thresholds: np.ndarray | None = None  # au: one per AU (predict score >= t)
 
@@ -73,8 +74,16 @@ class TaskBlend:
         return np.array([weights[n] for n in self.names], dtype=np.float32)
 
     def scores(self, weights: dict[str, float], smoothing: Smoothing) -> np.ndarray:
-        """(C, n) scores of the blend; NaN on rows no input covers."""
+        """(C, n) scores of the blend; NaN on rows no input covers.
+
+        The one weight rule (tune, apply, report and hand-written specs alike): weights are relative
+        and normalised over the inputs present on each row, so 2:1 is 2/3 : 1/3 where both inputs are
+        there and the present input alone (weight 1) where the other is missing."""
         w = self.weight_vector(weights)
+        total = float(w.sum())
+        if not np.isfinite(total) or total <= 0 or (w < 0).any():
+            raise ValueError(f"weights must be >= 0 with a positive sum; got {weights}")
+        w = (w / np.float32(total)).astype(np.float32)
         # A weighted sum input by input (not a BLAS product: the same bits whatever the threads).
         out = _weighted_sum(self._cols, w).reshape(self.width, self.n)
         if self._present is not None:
@@ -117,8 +126,14 @@ def _argmax_columns(s: np.ndarray) -> np.ndarray:
     return idx
 
 
-def fit_score(task: str, scores: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray | None]:
-    """Score (C, m) scores against m labelled rows; au also returns its F1-optimal thresholds."""
+def fit_score(task: str, scores: np.ndarray, y: np.ndarray, objective: str | None = None
+              ) -> tuple[float, np.ndarray | None]:
+    """Score (C, m) scores against m labelled rows; au also returns its F1-optimal thresholds.
+    objective "abaw2" (expr only): 0.67 macro F1 + 0.33 accuracy instead of macro F1."""
+    if task == "expr" and objective == "abaw2":
+        q = _argmax_columns(scores)
+        f1 = float(per_class_f1(y, q, scores.shape[0]).mean())
+        return 0.67 * f1 + 0.33 * float(np.mean(q == y)), None
     if task in ("expr", "lsd"):
         return float(per_class_f1(y, _argmax_columns(scores), scores.shape[0]).mean()), None
     if task == "va":
@@ -139,7 +154,9 @@ def decide(task: str, scores: np.ndarray, thresholds: np.ndarray | None = None) 
 def task_metrics(task: str, y: np.ndarray, decisions: np.ndarray) -> dict:
     """heads.metrics' full metrics of one task's decisions (labels, VA values or 0/1 AUs)."""
     if task == "expr":
-        return expr_metrics(y, decisions)
+        m = expr_metrics(y, decisions)
+        m["abaw2_expr"] = 0.67 * m["P_EXPR"] + 0.33 * m["accuracy"]  # the ABAW2 expression score
+        return m
     if task == "lsd":
         return lsd_metrics(y, decisions)
     if task == "va":

@@ -17,6 +17,11 @@
     }
 
 Floats are written with repr, so weights and thresholds read back bit for bit.
+
+Weights are relative: each must be a number >= 0 and a task's must not all be 0; on every row
+they are normalised over the inputs that have a prediction there (blend.combine.TaskBlend.scores),
+so {"a": 2, "b": 1} blends 2/3 a + 1/3 b where both exist and gives a (or b) alone where the other
+is missing. `blend tune` writes weights that sum to 1; a hand-written spec need not.
 """
 from __future__ import annotations
 
@@ -144,10 +149,18 @@ def parse_spec(d: dict, path: str) -> BlendSpec:
         if not weights:
             raise UserError(f"{path}: key '{where}weights' is empty")
         for k, v in weights.items():
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise UserError(f"{path}: key '{where}weights.{k}' must be a number >= 0; got {v!r}")
         if sum(weights.values()) <= 0:
-            raise UserError(f"{path}: key '{where}weights': the weights sum to 0")
+            raise UserError(f"{path}: key '{where}weights': the weights sum to 0; give at least one a weight > 0")
+        if "inputs" in td and list(td["inputs"]) != list(weights):
+            raise UserError(f"{path}: key '{where}inputs' {td['inputs']!r} does not match the inputs of "
+                            f"'{where}weights' {list(weights)!r}")
+        top_inputs = d.get("inputs") or []
+        stray = [k for k in weights if top_inputs and k not in top_inputs]
+        if stray:
+            raise UserError(f"{path}: key '{where}weights.{stray[0]}' is not one of the spec's inputs "
+                            f"({', '.join(top_inputs)})")
         try:
             smoothing = Smoothing.from_dict(need(td, "smoothing", dict, where))
         except (ValueError, TypeError) as e:

@@ -18,14 +18,17 @@ held-out fold; the held-out decisions of all folds together give the out-of-fold
 study on all rows gives the parameters written to the spec and the in-sample score (the
 published practice, and all there is with cv = 0).
 
-Each study is resumable: `trials` is the number of finished trials a study should reach, so
-running the same command again after an interruption continues where it stopped. A study
+Each study is resumable: `trials` is the number of finished trials a study should reach, counting
+every worker's (heads.studies: several processes may share one storage and stop at exactly that
+many), so running the same command again after an interruption continues where it stopped. A study
 remembers what it was made for (task, split, inputs, data fingerprint, ...) and refuses to
 continue on anything else.
 """
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +44,7 @@ from .folds import grouped_folds
 from .smoothing import KINDS, Smoothing
 from .spec import BlendSpec
 from .storage import describe_storage, is_file_storage, resolve_storage
+from heads.studies import count_trials, file_lock, lock_file, open_study, run_budget
 
 __all__ = ["TuneResult", "suggest_params", "evaluate", "tune", "study_objective"]
 
@@ -83,24 +87,34 @@ def suggest_params(trial, data: BlendData) -> dict[str, TaskParams]:
 # ---------------------------------------------------------------------------- evaluation
 
 
-def evaluate(data: BlendData, params: dict[str, TaskParams], positions: dict[str, np.ndarray]) -> tuple[float, dict]:
-    """Objective on the given positions of each task: (sum of task scores, {task: (score, thresholds)})."""
+def evaluate(data: BlendData, params: dict[str, TaskParams], positions: dict[str, np.ndarray],
+             objective: str | None = None) -> tuple[float, dict]:
+    """Objective on the given positions of each task: (sum of task scores, {task: (score, thresholds)}).
+    objective "abaw2": the expr score is 0.67 macro F1 + 0.33 accuracy (blend.combine.fit_score)."""
     total, parts = 0.0, {}
     for t, p in params.items():
         idx = positions[t]
         scores = data.blends[t].scores(p.weights, p.smoothing)
-        parts[t] = fit_score(t, scores[:, idx], data.labels[t][idx])
+        parts[t] = fit_score(t, scores[:, idx], data.labels[t][idx], objective)
         total += parts[t][0]
     return total, parts
 
 
-def study_objective(data: BlendData, positions: dict[str, np.ndarray]):
-    """The function an Optuna study maximises: the challenge score on `positions`."""
+def study_objective(data: BlendData, positions: dict[str, np.ndarray], score: str | None = None):
+    """The function an Optuna study maximises: the challenge score on `positions` (score "abaw2":
+    the ABAW2 expression score)."""
 
     def objective(trial) -> float:
-        return evaluate(data, suggest_params(trial, data), positions)[0]
+        return evaluate(data, suggest_params(trial, data), positions, score)[0]
 
     return objective
+
+
+OBJECTIVES = ("challenge", "abaw2")  # abaw2: expr only, 0.67 macro F1 + 0.33 accuracy
+
+
+def _score_key(task: str, objective: str | None) -> str:
+    return "abaw2_expr" if objective == "abaw2" and task == "expr" else SCORE_KEYS[task]
 
 
 def _fixed_params(data: BlendData, study) -> dict[str, TaskParams]:
@@ -114,7 +128,7 @@ def _summary(task: str, per_task: dict[str, dict]) -> dict:
     out = {}
     for t, m in per_task.items():
         out[SCORE_KEYS[t]] = m[SCORE_KEYS[t]]
-        for k in ("accuracy", "ccc_valence", "ccc_arousal"):
+        for k in ("accuracy", "abaw2_expr", "ccc_valence", "ccc_arousal"):
             if k in m:
                 out[k] = m[k]
         if "per_au_f1" in m:
@@ -142,16 +156,11 @@ def _quiet_optuna():
 def _open_study(storage, storage_label: str, name: str, config: dict, seed: int):
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                    sampler=sampler, load_if_exists=True)
-    except Exception as e:  # a broken file, an unreachable database ...
-        where = describe_storage(storage_label)
-        raise UserError(f"--storage {where}: cannot open study {name!r} ({type(e).__name__}: {e})") from None
+    # open_study: workers started at once on an empty database never race (heads.studies)
+    study = open_study(storage, storage_label, name, sampler=optuna.samplers.TPESampler(seed=seed))
     old = study.user_attrs.get("featheads")
     if old is None:
-        if study.trials:
+        if study.trials and not any(t.user_attrs.get("surplus") for t in study.trials):
             raise UserError(
                 f"study {name!r} in {describe_storage(storage_label)} was not made by blend tune; "
                 "choose another --study"
@@ -168,22 +177,22 @@ def _open_study(storage, storage_label: str, name: str, config: dict, seed: int)
 
 
 def _finished(study) -> int:
-    import optuna
-
-    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    return count_trials(study, ("COMPLETE",))
 
 
 FLUSH_SECONDS = 2.0  # a buffered study writes its finished trials to the storage at least this often
 
 
-def _optimize(study, objective, trials: int, bar, *, buffered: bool) -> None:
-    """Run the study until it has `trials` finished trials.
+def _optimize(study, objective, trials: int, bar, *, buffered: bool, lock_path=None) -> None:
+    """Run the study until it has `trials` finished trials, counting every worker's.
 
     buffered: sample and evaluate against an in-memory copy of the study and write the finished
     trials to the real storage in batches (every FLUSH_SECONDS, at the end, and on Ctrl-C or an
     error), one write per trial instead of one per parameter and state change. Used for file
-    storages, where each write is a synced append; database URLs are written directly, so that
-    several workers sharing one study see each other's trials at once.
+    storages, where each write is a synced append; each batch is written under a lock file beside
+    the storage (lock_path) and cut to what the study still lacks, so that workers sharing the
+    file stop at exactly `trials`. Database URLs are written directly (heads.studies.run_budget),
+    so that several workers sharing one study see each other's trials at once.
     """
     import optuna
 
@@ -200,28 +209,43 @@ def _optimize(study, objective, trials: int, bar, *, buffered: bool) -> None:
             pass
 
     if not buffered:
-        study.optimize(objective, n_trials=remaining, callbacks=[tick])
+        if lock_path is None and study._storage.__class__.__name__ == "InMemoryStorage":
+            study.optimize(objective, n_trials=remaining, callbacks=[tick])  # one process: nothing to share
+        else:
+            run_budget(study, objective, trials, callbacks=[tick])
         return
     complete = optuna.trial.TrialState.COMPLETE
     memory = optuna.create_study(direction="maximize", sampler=study.sampler)
     memory.add_trials([t for t in study.trials if t.state == complete])  # the history the sampler learns from
     written = len(memory.trials)
     last_flush = time.monotonic()
+    lacking = remaining  # what the storage lacked at the last flush
+    worker = f"{socket.gethostname()}:{os.getpid()}"
 
-    def flush():
-        nonlocal written, last_flush
-        new = memory.trials[written:]
-        study.add_trials([t for t in new if t.state == complete])
-        written += len(new)
+    def flush() -> bool:
+        """Write the new finished trials (no more than the storage lacks); True when it has them all."""
+        nonlocal written, last_flush, lacking
+        new = [t for t in memory.trials[written:] if t.state == complete]
+        written = len(memory.trials)
         last_flush = time.monotonic()
+        with file_lock(lock_path):
+            lacking = trials - _finished(study)  # other workers may have written theirs meanwhile
+            if lacking > 0 and new:
+                for t in new[:lacking]:
+                    t.user_attrs = {**t.user_attrs, "worker": worker}  # as heads.studies.run_budget records it
+                study.add_trials(new[:lacking])
+            lacking -= len(new)
+        return lacking <= 0
 
     def tick_and_flush(s, trial):
         tick(s, trial)
-        if time.monotonic() - last_flush >= FLUSH_SECONDS:
-            flush()
+        pending = sum(t.state == complete for t in s.trials[written:])
+        if pending >= lacking or time.monotonic() - last_flush >= FLUSH_SECONDS:
+            if flush():
+                s.stop()
 
     try:
-        memory.optimize(objective, n_trials=remaining, callbacks=[tick_and_flush])
+        memory.optimize(objective, n_trials=None, callbacks=[tick_and_flush])
     finally:
         flush()
 
@@ -232,7 +256,7 @@ def tune(
     task: str,
     split: str = "val",
     *,
-    trials: int = 200,
+    trials: int = 300,
     storage: str | None = None,
     study_name: str | None = None,
     cv: int = 5,
@@ -240,6 +264,7 @@ def tune(
     max_delta: int = 30,
     spec_path=None,
     progress: bool = True,
+    objective: str = "challenge",
 ) -> TuneResult:
     """Run (or continue) the studies and return the blend spec (not written; see write_spec).
 
@@ -250,6 +275,11 @@ def tune(
 
     if trials < 1:
         raise UserError(f"--trials {trials}: need at least 1 trial")
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    if objective == "abaw2" and task != "expr":
+        raise UserError(f"--objective abaw2 is the ABAW2 expression score: use it with --task expr, not {task}")
+    score = None if objective == "challenge" else objective
     if cv < 0 or cv == 1:
         raise UserError(f"--cv {cv}: use 0 (in-sample only) or 2 folds and more")
     tasks = task_list(task)
@@ -263,11 +293,13 @@ def tune(
         storage = "memory"
     storage_obj, storage_label = resolve_storage(storage, spec_path or "blend.json")
     buffered = is_file_storage(storage_label)
-    base = study_name or f"blend-{task}-{split}"
+    base = study_name or f"blend-{task}-{split}" + (f"-{score}" if score else "")
     config = {
         "task": task, "split": split, "inputs": list(inputs), "max_delta": int(max_delta) if data.temporal else 0,
         "cv": int(cv), "seed": int(seed), "fingerprint": data.fingerprint(),
     }
+    if score:  # a study tuned for another objective is not continued
+        config["objective"] = score
 
     if cv:
         temporal = data.temporal
@@ -293,14 +325,17 @@ def tune(
         total = sum(max(0, trials - _finished(s)) for s, _, _ in plans)
         with tqdm(total=total, desc="blend tune", unit="trial", disable=not progress or total == 0) as bar:
             for study, positions, _ in plans:
-                _optimize(study, study_objective(data, positions), trials, bar, buffered=buffered)
+                objective_fn = study_objective(data, positions) if score is None else \
+                    study_objective(data, positions, score)
+                _optimize(study, objective_fn, trials, bar, buffered=buffered,
+                          lock_path=lock_file(storage_label))
 
     cv_info: dict = {"folds": int(cv)}
     oof_summary = None
     if cv:
-        oof_summary, fold_scores = _out_of_fold(data, task, plans[:-1])
+        oof_summary, fold_scores = _out_of_fold(data, task, plans[:-1], score)
         cv_info.update({"group_by": group_by, "seed": int(seed), "fold_scores": fold_scores})
-    params, in_sample = _in_sample(data, task, final)
+    params, in_sample = _in_sample(data, task, final, score)
 
     spec = BlendSpec(
         task=task, split=split, inputs=list(inputs), tasks=params,
@@ -308,7 +343,7 @@ def tune(
         cv=cv_info,
         study={"name": base, "storage": describe_storage(storage_label), "trials": _finished(final),
                "best_trial": int(final.best_trial.number), "best_value": float(final.best_value),
-               "sampler": "TPESampler", "seed": int(seed)},
+               "sampler": "TPESampler", "seed": int(seed), "objective": objective},
         rows={"split": int(len(data.rows)),
               "labelled": {t: int(st_mask.sum()) for t, st_mask in _labelled(data).items()},
               "scored": {t: int(len(data.scored[t])) for t in tasks}},
@@ -318,14 +353,14 @@ def tune(
     return TuneResult(spec=spec, study=final, fold_studies=[p[0] for p in plans[:-1]], data=data)
 
 
-def _out_of_fold(data: BlendData, task: str, fold_plans: list) -> tuple[dict, list]:
+def _out_of_fold(data: BlendData, task: str, fold_plans: list, score: str | None = None) -> tuple[dict, list]:
     """Each fold's held-out rows decided with the parameters its own study chose on the other folds
     (AU thresholds included); the pooled decisions give the out-of-fold scores."""
     oof = {t: None for t in data.tasks}  # decisions on data.scored[t], filled fold by fold
     fold_scores = []
     for k, (study, train, held) in enumerate(fold_plans):
         params = _fixed_params(data, study)
-        train_score, parts = evaluate(data, params, train)
+        train_score, parts = evaluate(data, params, train, score)
         held_total = 0.0
         for t in data.tasks:
             scores = data.blends[t].scores(params[t].weights, params[t].smoothing)
@@ -334,17 +369,17 @@ def _out_of_fold(data: BlendData, task: str, fold_plans: list) -> tuple[dict, li
                 oof[t] = np.zeros((len(data.scored[t]),) + dec.shape[1:], dtype=dec.dtype)
             oof[t][np.searchsorted(data.scored[t], held[t])] = dec
             if len(held[t]):
-                held_total += task_metrics(t, data.labels[t][held[t]], dec)[SCORE_KEYS[t]]
+                held_total += task_metrics(t, data.labels[t][held[t]], dec)[_score_key(t, score)]
         fold_scores.append({"fold": k + 1, "train": float(train_score), "held_out": float(held_total),
                             "rows": {t: int(len(held[t])) for t in data.tasks}})
     per_task = {t: task_metrics(t, data.labels[t][data.scored[t]], oof[t]) for t in data.tasks}
     return _summary(task, per_task), fold_scores
 
 
-def _in_sample(data: BlendData, task: str, study) -> tuple[dict[str, TaskParams], dict]:
+def _in_sample(data: BlendData, task: str, study, score: str | None = None) -> tuple[dict[str, TaskParams], dict]:
     """The study's best parameters with their in-sample thresholds, and their in-sample scores."""
     params = _fixed_params(data, study)
-    _, parts = evaluate(data, params, data.scored)
+    _, parts = evaluate(data, params, data.scored, score)
     per_task = {}
     for t in data.tasks:
         idx = data.scored[t]

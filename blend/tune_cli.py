@@ -5,6 +5,8 @@ import sys
 
 import click
 
+from featheads.core.clitools import threads_option
+
 from .data import TASK_GROUPS
 
 
@@ -15,11 +17,12 @@ from .data import TASK_GROUPS
 @click.option("--task", required=True, type=click.Choice(list(TASK_GROUPS)),
               help="What to tune: one task, or mtl (expr, va and au together, objective P_MTL).")
 @click.option("--split", default="val", show_default=True, help="Split whose labels the blend is tuned on.")
-@click.option("--trials", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Finished trials each study reaches; the same command continues an interrupted study.")
+@click.option("--trials", default=300, show_default=True, type=click.IntRange(min=1),
+              help="Finished trials each study reaches, counting every worker's (several workers may share one "
+                   "--storage); the same command continues an interrupted study.")
 @click.option("--storage", default=None,
               help="Optuna storage: a SQLite file path, a path ending .log (Optuna journal file), an RDB URL "
-                   "(sqlite:///..., postgresql://...), or 'memory'. Default: <out stem>.optuna.db beside --out.")
+                   "(sqlite:///..., postgresql://... with pip install -e '.[postgres]'), or 'memory'. Default: <out stem>.optuna.db beside --out.")
 @click.option("--study", "study_name", default=None, help="Study name (default blend-<task>-<split>).")
 @click.option("--cv", default=5, show_default=True, type=click.IntRange(min=2),
               help="Folds grouped by video: parameters chosen on the other folds, scored on the held-out one.")
@@ -28,9 +31,15 @@ from .data import TASK_GROUPS
 @click.option("--max-delta", default=30, show_default=True, type=click.IntRange(min=0),
               help="Largest smoothing window, in frames each side; 0 leaves smoothing out.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the samplers and of the folds.")
+@click.option("--objective", default="challenge", show_default=True, type=click.Choice(["challenge", "abaw2"]),
+              help="challenge: the task's ABAW score (P_EXPR, P_VA, P_AU, P_LSD, P_MTL); abaw2 (--task expr): "
+                   "the ABAW2 expression score 0.67 macro F1 + 0.33 accuracy.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Blend spec (JSON) to write.")
+@click.option("--no-progress", "quiet", is_flag=True, help="No progress bar.")
+@threads_option
 @click.pass_context
-def tune(ctx, store_path, runs, task, split, trials, storage, study_name, cv, in_sample, max_delta, seed, out):
+def tune(ctx, store_path, runs, task, split, trials, storage, study_name, cv, in_sample, max_delta, seed, objective,
+         out, quiet):
     """Tune blend weights, temporal smoothing and per-AU thresholds with Optuna; write a blend spec.
 
     \b
@@ -46,10 +55,15 @@ def tune(ctx, store_path, runs, task, split, trials, storage, study_name, cv, in
 
     if in_sample and ctx.get_parameter_source("cv") == ParameterSource.COMMANDLINE:
         raise click.UsageError("--cv and --in-sample exclude each other")
+    from pathlib import Path
+
+    if not Path(out).resolve().parent.is_dir():
+        raise click.UsageError(f"--out {out}: folder {Path(out).parent} does not exist")
     inputs = parse_input_names(runs)
     try:
         result = run_tune(store_path, inputs, task, split, trials=trials, storage=storage, study_name=study_name,
-                          cv=0 if in_sample else cv, seed=seed, max_delta=max_delta, spec_path=out)
+                          cv=0 if in_sample else cv, seed=seed, max_delta=max_delta, spec_path=out,
+                          objective=objective, progress=not quiet)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished trials are kept in the study; run the same command again to continue",
                    err=True)

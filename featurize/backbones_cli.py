@@ -24,6 +24,10 @@ def backbones(name):
 
     With NAME (a registered name or timm:<timm model name>), show that backbone's full spec and where
     its weights are looked for. Weights are cached in $FEATHEADS_CACHE (default ~/.cache/featheads).
+
+    \b
+    Example:
+      featurize backbones enet_b0_8_va_mtl
     """
     from featurize.backbones import get_spec, list_backbones
     from featurize.weights import cache_dir

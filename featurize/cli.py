@@ -1,9 +1,7 @@
 """`featurize` command group. Subcommands live in their own modules, imported when used."""
 from __future__ import annotations
 
-import click
-
-from featheads.core.clitools import LazyGroup
+from featheads.core.clitools import command_group
 
 SUBCOMMANDS = {
     "run": "featurize.run_cli:run",
@@ -11,13 +9,12 @@ SUBCOMMANDS = {
     "sr": "featurize.sr_cli:sr",
     "demo": "featheads.app.demo:demo",
     "backbones": "featurize.backbones_cli:backbones",
+    "faces": "featurize.faces_cli:faces",
+    "faces-ingest": "featurize.faces_cli:faces_ingest",
+    "finetune": "featurize.finetune_cli:finetune",
 }
 
-
-@click.group(cls=LazyGroup, lazy=SUBCOMMANDS)
-@click.version_option(package_name="featheads")
-def main():
-    """Run frozen emotion CNNs over face images once and cache their features in a store."""
+main = command_group("Run frozen emotion CNNs over face images once and cache their features in a store.", SUBCOMMANDS)
 
 
 if __name__ == "__main__":

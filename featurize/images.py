@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import re
 import zipfile
 from pathlib import Path
 
@@ -37,6 +38,12 @@ PIL_FILTERS = {
 }
 # What PIL raises on unreadable, truncated, empty or non-image data.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, zipfile.BadZipFile)
+_BUFFER_REPR = re.compile(r" ?<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+
+
+def error_text(e: BaseException) -> str:
+    """str(e) without the `<_io.BytesIO object at 0x...>` PIL puts in its messages for in-memory files."""
+    return _BUFFER_REPR.sub("", str(e))
 
 
 class ImageRootError(UserError):
@@ -167,6 +174,20 @@ def open_image_root(path, subdir: str | None = None) -> DirImageRoot | ZipImageR
     return root
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit grayscale (PNG mode "I;16", or "I" holding 16-bit values) -> "L" by scaling 0..65535 to
+    0..255 (value / 257, rounded), not clipping: PIL's own convert("L") would clip them to white."""
+    if img.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return img
+    v = np.asarray(img).astype(np.float64)
+    if img.mode == "I" and v.size and (v.min() < 0 or v.max() > 65535):
+        raise ImageDecodeError(f"32-bit integer image with values {v.min():.0f}..{v.max():.0f}: not a picture "
+                               "featurize can convert to 8 bits")
+    if img.mode == "I" and (not v.size or v.max() <= 255):
+        return Image.fromarray(v.astype(np.uint8), "L")
+    return Image.fromarray(np.rint(v / 257.0).astype(np.uint8), "L")
+
+
 def decode_resized(data: bytes, size: int, *, grayscale: bool = False, interpolation: str = "bilinear") -> np.ndarray:
     """Decode image bytes and resize them like the reference: uint8 (size, size, 3), or (size, size, 1)
     when `grayscale`.
@@ -178,6 +199,7 @@ def decode_resized(data: bytes, size: int, *, grayscale: bool = False, interpola
     try:
         img = Image.open(io.BytesIO(data))
         img.load()  # decode fully now: truncated files fail here, not later
+        img = _to_8bit(img)
         if grayscale:
             img = img.convert("L")
         elif img.mode != "L":
@@ -185,7 +207,7 @@ def decode_resized(data: bytes, size: int, *, grayscale: bool = False, interpola
         img = img.resize((size, size), PIL_FILTERS[interpolation])
         px = np.asarray(img, dtype=np.uint8)
     except DECODE_ERRORS as e:
-        raise ImageDecodeError(f"cannot decode image ({type(e).__name__}: {e})") from None
+        raise ImageDecodeError(f"cannot decode image ({type(e).__name__}: {error_text(e)})") from None
     if px.ndim == 2:
         px = px[:, :, None]
         if not grayscale:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from featheads.core.errors import UserError
+from store.options import wait_option
 
 
 @click.command()
@@ -28,12 +29,17 @@ from featheads.core.errors import UserError
 @click.option("--openface-bin", type=click.Path(dir_okay=False, path_type=Path),
               help="FeatureExtraction executable (default: the one on PATH).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@wait_option
 def openface(store_path, csv_dir, images, groups, split, source_name, run_binary, openface_bin, no_progress):
     """Ingest OpenFace 2 CSVs into a store source with one array `values` (rows x columns).
 
     Rows whose folder or image has no CSV, and rows OpenFace failed on (success 0, no face), become
     invalid; rows that already have features keep them when this run has no CSV for them. Every CSV
     is checked before the store is written.
+
+    \b
+    Example:
+      featurize openface --store affwild2.h5 --csv-dir openface_csv --images affwild2/cropped_aligned
     """
     from .openface import ingest, parse_groups
 

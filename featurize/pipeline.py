@@ -167,24 +167,52 @@ class _PendingParts:
         self.last = time.monotonic()
 
 
-def _merge(store_path: str, journal: Journal, rows: np.ndarray) -> np.ndarray:
-    """Merge the journal into the store; returns the source status of `rows` afterwards."""
-    with FeatureStore.open(store_path, "a") as st:
+def _merge(store_path: str, journal: Journal, rows: np.ndarray, wait: float | None = None) -> np.ndarray:
+    """Merge the journal into the store; returns the source status of `rows` afterwards. The merged parts
+    are deleted after the store is committed and before the lock is released, so two mergers never race
+    and a kill between the two only leaves parts that the next merge writes again (same values)."""
+    with FeatureStore.open(store_path, "a", wait=wait) as st:
         merged = journal.merge_into(st)
+        st.commit()
+        journal.remove(merged)
         status = st.source_status(journal.source, rows)
-    journal.remove(merged)
     return status
+
+
+def shard_rows(samples: list[Sample], index: int, count: int) -> np.ndarray:
+    """Positions of the `index`-th of `count` shards of `samples` (0-based): whole videos together, videos
+    in order of first appearance cut into `count` contiguous runs of about equal rows. Deterministic."""
+    if count < 1 or not 0 <= index < count:
+        raise UserError(f"--shard {index + 1}/{count}: I must be between 1 and N")
+    videos = sample_columns(samples)["videos"]
+    first: dict[str, int] = {}
+    sizes: list[int] = []
+    ids = np.empty(len(samples), dtype=np.int64)
+    for i, v in enumerate(videos):
+        j = first.setdefault(v, len(first))
+        if j == len(sizes):
+            sizes.append(0)
+        sizes[j] += 1
+        ids[i] = j
+    before = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if sizes else np.zeros(0, np.int64)
+    video_shard = (before * count) // max(len(samples), 1)
+    return np.flatnonzero(video_shard[ids] == index) if len(samples) else np.zeros(0, np.int64)
 
 
 def featurize_samples(
     samples: list[Sample], *, root, store, split: str, backbone, source_name: str | None = None,
-    config: FeaturizeConfig = FeaturizeConfig(),
+    config: FeaturizeConfig = FeaturizeConfig(), shard: tuple[int, int] | None = None,
+    retry_invalid: bool = False, wait: float | None = None,
 ) -> RunSummary:
     """Register `samples` in split `split` of `store` and write features of `backbone` for every one.
 
     root: image root (`featurize.images.open_image_root`) that `Sample.image` paths are relative to.
     backbone: a `featurize.backbones.LoadedBackbone` (anything with .model, .spec, .weights_sha256).
     source_name: the store source (default: the backbone's name).
+    shard: (index, count), 0-based: compute only that shard's rows (`shard_rows`); every shard registers
+    all rows, so the store's row order is the same whichever shard comes first.
+    retry_invalid: recompute rows recorded invalid (2) as well as missing ones.
+    wait: seconds to wait for the writer lock (None: FEATHEADS_STORE_WAIT or 300 s).
     """
     import torch
     from torch.utils.data import DataLoader
@@ -196,6 +224,9 @@ def featurize_samples(
     spec = backbone.spec
     source = source_name or spec.name
     device = pick_device(config.gpu)
+    if device.type == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():  # torchrun: one GPU per process
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
     check_precision(config.precision, device)
     if config.batch_size < 1:
         raise UserError(f"--batch-size {config.batch_size}: must be at least 1")
@@ -203,17 +234,25 @@ def featurize_samples(
     device_name = describe_device(device)
     journal = Journal(store, source, identity)
 
-    with FeatureStore.open(store, "a") as st:
-        rows = st.add_samples([s.key for s in samples], split=split, **sample_columns(samples))
+    with FeatureStore.open(store, "a", wait=wait) as st:
+        all_rows = st.add_samples([s.key for s in samples], split=split, **sample_columns(samples))
         st.create_source(
             source, identity=identity,
             arrays={"embeddings": (spec.embedding_dim, None), "logits": (len(spec.logit_names), spec.logit_names)},
             provenance=_provenance(backbone, config, device_name),
         )
         merged = journal.merge_into(st)
-        status = st.source_status(source, rows)
-    journal.remove(merged)
-    todo = np.flatnonzero(status == STATUS_MISSING)
+        st.commit()
+        journal.remove(merged)
+        status = st.source_status(source, all_rows)
+    if shard is not None:
+        mine = shard_rows(samples, *shard)
+        samples = [samples[i] for i in mine]
+        rows, status = all_rows[mine], status[mine]
+    else:
+        rows = all_rows
+    redo = (status == STATUS_MISSING) | ((status == STATUS_INVALID) if retry_invalid else False)
+    todo = np.flatnonzero(redo)
 
     examples: list[tuple[str, str]] = []
     seconds = 0.0
@@ -256,13 +295,13 @@ def featurize_samples(
         except UserError:  # --strict: keep what is finished in the store, then stop
             bar.close()
             pending.flush()
-            _merge(store, journal, rows)
+            _merge(store, journal, rows, wait)
             raise
         finally:
             bar.close()
             pending.flush()  # finished batches survive Ctrl-C (merged by the next run)
         seconds = time.perf_counter() - start
-        status = _merge(store, journal, rows)
+        status = _merge(store, journal, rows, wait)
 
     return RunSummary(
         store=store, source=source, split=split, rows=len(samples), ok=int((status == STATUS_OK).sum()),
@@ -293,10 +332,25 @@ def run_featurize(
     split: str, store, backbone: str = "enet_b0_8_va_mtl", weights=None, source_name: str | None = None,
     gpu: bool = False, precision: str = "fp32", batch_size: int = 64, workers: int | None = None,
     strict: bool = False, limit: int | None = None, progress: bool = True, allow_download: bool = True,
+    shard: tuple[int, int] | None = None, retry_invalid: bool = False, wait: float | None = None,
+    logit_names=None,
 ) -> RunSummary:
-    """`featurize run` as a function: read rows, load the backbone, featurize every row into `store`."""
+    """`featurize run` as a function: read rows, load the backbone, featurize every row into `store`.
+
+    logit_names: names of the logit columns (--logit-names), e.g. for a fine-tuned state dict with
+    another class count; default: the weights file's metadata, else the backbone's names, else 0, 1, ...
+
+    shard: (index, count) 0-based; None: from torchrun (RANK/WORLD_SIZE) or a SLURM job array
+    (SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) when set, else every row (`shard_from_env`)."""
+    from store.feature_store import check_store_folder
+
     from .backbones import load_backbone
 
+    check_store_folder(store)  # one line before any model is loaded ...
+    if os.path.exists(store):  # ... as is a file that is not a featheads store (nothing is written to it)
+        FeatureStore.open(store).close()
+    if shard is None:
+        shard = shard_from_env()
     root = open_image_root(images, subdir)
     samples = read_samples(source, annotations=annotations, root=root, task=task)
     if limit is not None:
@@ -308,6 +362,36 @@ def run_featurize(
     from .inference import check_precision, pick_device
 
     check_precision(precision, pick_device(gpu))  # before loading (or downloading) any weights
-    loaded = load_backbone(backbone, weights, allow_download=allow_download)
+    loaded = load_backbone(backbone, weights, allow_download=allow_download, logit_names=logit_names)
+    print(loaded.weights_report(), file=sys.stderr)  # which weights (path, sha256, downloaded?) or a warning
     return featurize_samples(samples, root=root, store=store, split=split, backbone=loaded,
-                             source_name=source_name, config=config)
+                             source_name=source_name, config=config, shard=shard, retry_invalid=retry_invalid,
+                             wait=wait)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"I/N" (1-based, as users count) -> (I - 1, N)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: write I/N, for example 2/4 (the 2nd of 4 shards)") from None
+    if n < 1 or not 1 <= i <= n:
+        raise UserError(f"--shard {text}: I must be between 1 and N")
+    return i - 1, n
+
+
+def shard_from_env(env=None) -> tuple[int, int] | None:
+    """(index, count) from torchrun (RANK, WORLD_SIZE) or a SLURM job array; None when neither is set."""
+    env = os.environ if env is None else env
+    for rank, size in (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")):
+        if env.get(rank) is not None and env.get(size) is not None:
+            try:
+                i, n = int(env[rank]), int(env[size])
+            except ValueError:
+                raise UserError(f"{rank}={env[rank]!r}, {size}={env[size]!r}: not whole numbers") from None
+            if rank.startswith("SLURM"):
+                i -= int(env.get("SLURM_ARRAY_TASK_MIN", "0") or 0)
+            if n < 1 or not 0 <= i < n:
+                raise UserError(f"{rank}={env[rank]}, {size}={env[size]}: the rank is outside the job")
+            return (i, n) if n > 1 else None
+    return None

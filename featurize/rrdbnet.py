@@ -99,12 +99,19 @@ def config_from_state_dict(state: dict) -> RRDBNetConfig:
 
 def load_rrdbnet(path) -> RRDBNet:
     """An RRDBNet in eval mode from a Real-ESRGAN weights file (state dict under "params_ema",
-    "params", or at the top level). Loaded with weights_only=True: no pickled code runs."""
+    "params", or at the top level), or a safetensors file. Read under the loading contract of every weights
+    file (docs/BACKBONES.md): no pickled code runs, declared sizes are checked before anything is allocated,
+    a refusal is one line."""
+    from .backbones._safe_pickle import read_torch_file
+    from .backbones._safetensors import looks_like_safetensors, read_safetensors
+
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, truncated, or carrying pickled objects
-        raise UserError(f"{path}: cannot load as a torch state dict with weights_only=True ({e})") from None
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    obj = read_safetensors(path) if looks_like_safetensors(head) else read_torch_file(path)
     state = obj
     if isinstance(obj, dict):
         for key in ("params_ema", "params"):

@@ -22,6 +22,8 @@ import click
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=str),
               help="Weights file; default: the cached copy, else one download from the official URL.")
 @click.option("--source-name", help="Feature source to write in the store (default: the backbone name).")
+@click.option("--logit-names", help="Comma-separated names of the logits, e.g. for a fine-tuned --weights file "
+              "with another class count (default: the file's metadata, else the backbone's names, else 0,1,...).")
 @click.option("--gpu", is_flag=True, help="Run the backbone on the CUDA GPU.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Autocast precision; fp16 needs --gpu. Part of the source identity.")
@@ -33,8 +35,13 @@ import click
               "recording it as invalid.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N rows (a quick trial).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(source, annotations, images, subdir, task, split, store_path, backbone, weights, source_name, gpu,
-        precision, batch_size, workers, strict, limit, no_progress):
+@click.option("--shard", metavar="I/N", help="Compute only the I-th of N shards (whole videos together); default: "
+              "from torchrun (RANK/WORLD_SIZE) or a SLURM job array, else all rows. See docs/SCALE.md.")
+@click.option("--retry-invalid", is_flag=True, help="Recompute rows recorded invalid (e.g. after fixing --images).")
+@click.option("--wait", "wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Wait this long for another writer of the store to finish [default: FEATHEADS_STORE_WAIT or 300].")
+def run(source, annotations, images, subdir, task, split, store_path, backbone, weights, source_name, logit_names,
+        gpu, precision, batch_size, workers, strict, limit, no_progress, shard, retry_invalid, wait):
     """Featurize images into a store: embeddings and logits of a frozen backbone for every row.
 
     Interrupted (Ctrl-C, kill), the same command again computes only the missing rows.
@@ -47,16 +54,48 @@ def run(source, annotations, images, subdir, task, split, store_path, backbone, 
     featurize run --source folders --task expr --images fer2013.zip --subdir fer2013/test \\
         --split fer_test --store fer.h5
     """
-    from .pipeline import run_featurize
+    from featheads.core.errors import UserError
 
-    summary = run_featurize(
-        source=source, annotations=annotations, images=images, subdir=subdir, task=task, split=split,
-        store=store_path, backbone=backbone, weights=weights, source_name=source_name, gpu=gpu,
-        precision=precision, batch_size=batch_size, workers=workers, strict=strict, limit=limit,
-        progress=not no_progress,
-    )
+    from .pipeline import parse_shard, run_featurize
+    from .finetune_heads import parse_logit_names
+
+    try:
+        summary = run_featurize(
+            source=source, annotations=annotations, images=images, subdir=subdir, task=task, split=split,
+            store=store_path, backbone=backbone, weights=weights, source_name=source_name, gpu=gpu,
+            precision=precision, batch_size=batch_size, workers=workers, strict=strict, limit=limit,
+            progress=not no_progress, shard=parse_shard(shard) if shard else None, retry_invalid=retry_invalid,
+            wait=wait, logit_names=parse_logit_names(logit_names),
+        )
+    except KeyboardInterrupt:
+        n, where = saved_rows(store_path)
+        click.echo(f"\ninterrupted: {n} computed rows are saved ({where}); run the same command to continue: "
+                   "it computes only the missing rows", err=True)
+        raise SystemExit(130) from None
     for key, reason in summary.invalid_examples:
         click.echo(f"invalid: {key}: {reason}", err=True)
     if summary.invalid > len(summary.invalid_examples) and summary.invalid_examples:
         click.echo(f"invalid: ... ({summary.invalid} invalid rows in all)", err=True)
     click.echo(str(summary))
+    if summary.rows and summary.invalid == summary.rows:
+        raise UserError(
+            f"every one of the {summary.rows} rows is invalid: check --images (and --subdir) point at the folder "
+            "the annotation paths are relative to, then run again with --retry-invalid"
+        )
+
+
+def saved_rows(store_path) -> tuple[int, str]:
+    """Rows computed but not merged yet (journal parts beside the store), and where they are."""
+    from pathlib import Path
+
+    import numpy as np
+
+    parts = Path(str(store_path) + ".parts")
+    n = 0
+    for part in parts.glob("*/part-*.npz"):
+        try:
+            with np.load(part, allow_pickle=False) as z:
+                n += len(z["keys"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return n, f"journal parts in {parts}" if n else f"in {store_path}"

@@ -27,7 +27,7 @@ from PIL import Image
 
 from featheads.core.errors import UserError
 
-from .images import DECODE_ERRORS, ImageDecodeError, open_image_root
+from .images import DECODE_ERRORS, ImageDecodeError, error_text, open_image_root
 from .rrdbnet import UPSCALE, RRDBNet
 from .sr_resize import resize_lanczos4
 
@@ -190,7 +190,7 @@ def super_resolve_folder(images, out: Path, upscaler: Upscaler, *, scale: float,
                 "rerun with --tile 256 (or smaller): finished images are kept"
             ) from None
         except (ImageDecodeError, UserError, *DECODE_ERRORS) as e:  # unreadable or unsupported: report, go on
-            result.failed.append((root.describe(rel), str(e)))
+            result.failed.append((root.describe(rel), error_text(e)))
             bar.update(1)
             continue
         save_image(sr, out / rel)

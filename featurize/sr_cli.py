@@ -20,18 +20,25 @@ from featheads.core.errors import UserError
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
               help="RealESRGAN_x4plus.pth (else the cached copy, else downloaded once from the official URL).")
 @click.option("--gpu", is_flag=True, help="Run on the CUDA GPU (error when there is none).")
-@click.option("--half", is_flag=True, help="float16 on the GPU (needs --gpu).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Arithmetic of the network: fp16 needs --gpu.")
+@click.option("--half", is_flag=True, hidden=True, help="The earlier spelling of --precision fp16.")
 @click.option("--tile", default=0, show_default=True, type=click.IntRange(min=0),
               help="Process large images in tiles of this many input pixels (0 = whole image).")
 @click.option("--tile-pad", default=10, show_default=True, type=click.IntRange(min=0),
               help="Context pixels around each tile, discarded after.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def sr(images, subdir, out, scale, weights, gpu, half, tile, tile_pad, no_progress):
+def sr(images, subdir, out, scale, weights, gpu, precision, half, tile, tile_pad, no_progress):
     """Super-resolve every image under --images into --out with Real-ESRGAN x4plus.
 
     Resumable: images already in --out are skipped and each output is written to a part file and
     renamed. Unreadable images are reported at the end (exit code 1); the others are still written.
+
+    \b
+    Example:
+      featurize sr --images lsd/training_set_synthetic_images --out lsd_sr/training_set_synthetic_images --gpu
     """
+    half = half or precision == "fp16"
     import torch
 
     from .rrdbnet import describe, load_rrdbnet
@@ -39,7 +46,7 @@ def sr(images, subdir, out, scale, weights, gpu, half, tile, tile_pad, no_progre
     from .weights import resolve_weights, sha256_file
 
     if half and not gpu:
-        raise UserError("--half needs --gpu (float16 convolutions on the CPU are slow or unsupported)")
+        raise UserError("--precision fp16 needs --gpu (float16 convolutions on the CPU are slow or unsupported)")
     if gpu and not torch.cuda.is_available():
         raise UserError(
             f"--gpu: no CUDA device is available to torch {torch.__version__} "

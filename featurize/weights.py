@@ -11,6 +11,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from featheads.core.errors import UserError
@@ -65,6 +66,14 @@ def download(url: str, dest: Path, *, timeout: float = 60.0, progress: bool = Tr
     return dest
 
 
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where a weights file was found, and whether this call downloaded it (and how many bytes)."""
+
+    path: Path
+    downloaded_bytes: int = 0  # 0: given or already cached
+
+
 def resolve_weights(
     name: str, url: str | None, filename: str, weights=None, *, allow_download: bool = True
 ) -> Path:
@@ -72,14 +81,21 @@ def resolve_weights(
 
     name: what the weights are for (a backbone name), used in messages.
     """
+    return find_weights(name, url, filename, weights, allow_download=allow_download).path
+
+
+def find_weights(
+    name: str, url: str | None, filename: str, weights=None, *, allow_download: bool = True
+) -> ResolvedWeights:
+    """`resolve_weights`, also saying whether (and how much) it downloaded."""
     if weights is not None:
         p = Path(weights)
         if not p.is_file():
             raise WeightsUnavailableError(f"{p}: weights file for {name} not found")
-        return p
+        return ResolvedWeights(p)
     dest = cache_dir() / filename
     if dest.is_file():
-        return dest
+        return ResolvedWeights(dest)
     hint = (
         f"download {url} and put it at {dest} (or set ${CACHE_ENV} to the folder that holds {filename}, "
         f"or pass --weights PATH)"
@@ -89,7 +105,8 @@ def resolve_weights(
     if not allow_download:
         raise WeightsUnavailableError(f"weights for {name} are not cached: {hint}")
     try:
-        return download(url, dest)
+        path = download(url, dest)
+        return ResolvedWeights(path, path.stat().st_size)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         raise WeightsUnavailableError(f"cannot download weights for {name} ({e}): {hint}") from None
 

@@ -5,18 +5,14 @@ from featheads.core.threads import prepare_threads, threads_from_argv
 
 prepare_threads(threads_from_argv())  # thread counts and passive waiting, before numpy / torch / LightGBM load
 
-import click  # noqa: E402
-
-from featheads.core.clitools import LazyGroup  # noqa: E402
+from featheads.core.clitools import command_group  # noqa: E402  (after prepare_threads)
 
 SUBCOMMANDS: dict[str, str] = {"fit": "heads.fit_cli:fit", "predict": "heads.predict_cli:predict",
                                "tune": "heads.tune_cli:tune"}
 
-
-@click.group(cls=LazyGroup, lazy=SUBCOMMANDS)
-@click.version_option(package_name="featheads")
-def main():
-    """Fit heads (MLP, logistic, LightGBM) on cached features and write predictions to the store."""
+main = command_group(
+    "Fit heads (MLP, logistic, LightGBM) on cached features and write predictions to the store.", SUBCOMMANDS,
+)
 
 
 if __name__ == "__main__":

@@ -25,34 +25,40 @@ from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 
 from .evaluate import evaluate
+from .landmarks import landmark_targets
 from .plan import JOINT_TASKS, Plan, training_target
 from .predicting import predict_rows, write_predictions
 from .recipe import RecipeError, choose_backbone, fill_backbone, load_recipe
 from .registry import make_head
 from .run_folder import RUN_FORMAT, check_writable, write_run
+from .temporal_rows import is_temporal, temporal_training_data
 
 __all__ = ["fit_mtl", "fit_expr", "fit_lsd", "fit_tasks"]
 
 
-def fit_mtl(store, recipe="paper", *, out, train="train", eval="val", joint=False, seed=0, backbone=None,
-            name=None, overwrite=False, progress=False) -> dict:
-    """Fit the expr, va and au heads of `recipe` (or its joint network with joint=True); returns the metrics."""
+def fit_mtl(store, recipe="auto", *, out, train="train", eval="val", joint=False, seed=0, backbone=None,
+            name=None, overwrite=False, progress=False, keep_members=False, aux=None) -> dict:
+    """Fit the expr, va and au heads of `recipe` (or its joint network with joint=True); returns the metrics.
+    aux="landmarks" (joint only): OpenFace landmarks as an auxiliary target (heads.landmarks)."""
     return fit_tasks(store, recipe, ("expr", "va", "au"), command="mtl", out=out, train=train, eval=eval,
-                     joint=joint, seed=seed, backbone=backbone, name=name, overwrite=overwrite, progress=progress)
+                     joint=joint, seed=seed, backbone=backbone, name=name, overwrite=overwrite, progress=progress,
+                     keep_members=keep_members, aux=aux)
 
 
-def fit_expr(store, recipe="paper", *, out, train="train", eval="val", seed=0, backbone=None, name=None,
-             overwrite=False, progress=False) -> dict:
+def fit_expr(store, recipe="auto", *, out, train="train", eval="val", seed=0, backbone=None, name=None,
+             overwrite=False, progress=False, keep_members=False) -> dict:
     """Fit the expression head only (8 MTL classes)."""
     return fit_tasks(store, recipe, ("expr",), command="expr", out=out, train=train, eval=eval, seed=seed,
-                     backbone=backbone, name=name, overwrite=overwrite, progress=progress)
+                     backbone=backbone, name=name, overwrite=overwrite, progress=progress,
+                     keep_members=keep_members)
 
 
-def fit_lsd(store, recipe="paper", *, out, train="train", eval="val", seed=0, backbone=None, name=None,
-            overwrite=False, progress=False) -> dict:
+def fit_lsd(store, recipe="auto", *, out, train="train", eval="val", seed=0, backbone=None, name=None,
+            overwrite=False, progress=False, keep_members=False) -> dict:
     """Fit the learning-from-synthetic-data head (6 classes, LSD order)."""
     return fit_tasks(store, recipe, ("lsd",), command="lsd", out=out, train=train, eval=eval, seed=seed,
-                     backbone=backbone, name=name, overwrite=overwrite, progress=progress)
+                     backbone=backbone, name=name, overwrite=overwrite, progress=progress,
+                     keep_members=keep_members)
 
 
 def _entries(doc: dict, source: str, tasks, joint: bool) -> list[tuple[str, dict]]:
@@ -67,7 +73,7 @@ def _entries(doc: dict, source: str, tasks, joint: bool) -> list[tuple[str, dict
     return [(t, doc["tasks"][t]) for t in tasks]
 
 
-def _training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray, source: str):
+def _training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray, source: str, aux=None):
     """(X, y, groups) for one head: the labelled training rows with valid features; groups = videos."""
     videos = st.samples(train_rows)["video"]
     if plan.key == "joint":
@@ -90,23 +96,30 @@ def _training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray, source:
     groups = videos[mask][valid]
     if plan.key == "joint":
         Y = {t: y[mask][valid] for t, y in labels.items()}
+        if aux == "landmarks":  # auxiliary target, NaN (masked) where OpenFace has no landmarks
+            Y["landmarks"] = landmark_targets(st, rows[valid])
     else:
         Y = training_target(plan.key, y[mask][valid])
     return X, Y, groups
 
 
 def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="val", joint=False, seed=0,
-              backbone=None, name=None, overwrite=False, progress=False) -> dict:
-    """Fit the recipe's heads for `tasks`, predict every row, score `eval`, write run folder and predictions."""
+              backbone=None, name=None, overwrite=False, progress=False, keep_members=False, aux=None) -> dict:
+    """Fit the recipe's heads for `tasks`, predict every row, score `eval`, write run folder and predictions.
+
+    keep_members: for bagged heads (heads.bagging), also write each member's predictions as runs
+    `<name>.m0`, `<name>.m1`, ... (only to the store; the run folder holds the whole bag)."""
     out = Path(out)
     name = name or out.name
+    if aux is not None and (aux != "landmarks" or not joint):
+        raise UserError(f"--aux {aux}: the only auxiliary task is 'landmarks', of the joint head (--joint)")
     check_writable(out, overwrite)
     doc, source = load_recipe(recipe)
     t_start = time.perf_counter()
     with FeatureStore.open(store) as st:
         train_rows, eval_rows = st.rows(train), st.rows(eval)
         if name in st.runs() and not overwrite:
-            raise UserError(f"{st.path}: predictions {name!r} exist already; choose another --out/--name "
+            raise UserError(f"{st.path}: predictions {name!r} exist already; choose another --out/--run "
                             f"or pass --overwrite")
         entries = _entries(doc, source, tasks, joint)
         if any("{backbone}" in e["features"] for _, e in entries):
@@ -114,6 +127,15 @@ def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="v
             backbone = choose_backbone(arrays, backbone, st.path)
         plans = [Plan(key, fill_backbone(e["features"], backbone, source, f"{key}.features"), e["head"],
                       dict(e.get("params", {}))) for key, e in entries]
+        if keep_members:  # checked before fitting anything
+            n_members = [p.params["bagging"].get("estimators", 5) for p in plans if "bagging" in p.params]
+            if not n_members:
+                raise UserError(f"--keep-members: no head of {source} is bagged (add \"bagging\" to its params, "
+                                "see recipe 'bagging')")
+            taken = [f"{name}.m{i}" for i in range(max(n_members)) if f"{name}.m{i}" in st.runs()]
+            if taken and not overwrite:
+                raise UserError(f"{st.path}: predictions {taken[0]!r} exist already; choose another --run "
+                                f"or pass --overwrite")
         sources = {}
         for plan in plans:
             try:
@@ -125,13 +147,17 @@ def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="v
         bar = tqdm(plans, desc="fit", unit="head", disable=not progress)
         for plan in bar:
             bar.set_postfix_str(f"{plan.key} ({plan.head})")
-            X, Y, groups = _training_data(st, plan, train_rows, source)
+            context = {}
+            if is_temporal(plan):  # all rows of the training videos, with frame numbers (heads.temporal)
+                X, Y, groups, context["frames"] = temporal_training_data(st, plan, train_rows)
+            else:
+                X, Y, groups = _training_data(st, plan, train_rows, source, aux)
             try:
                 head = make_head(plan.head, plan.kind, plan.params, n_classes=plan.n_classes, seed=seed)
                 if "verbose" in head.get_params():
                     head.set_params(verbose=progress)
                 t0, c0 = time.perf_counter(), time.process_time()
-                head.fit(X, Y, groups=groups)
+                head.fit(X, Y, groups=groups, **context)
             except ValueError as e:
                 raise RecipeError(f"{source}: {plan.key}: {e}") from None
             info[plan.key] = {"features": plan.features, "head": plan.head, "class": type(head).__name__,
@@ -142,6 +168,7 @@ def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="v
             del X, Y
         rows = st.rows()
         preds = predict_rows(st, fitted, rows, progress=progress)
+        member_preds = _member_predictions(st, fitted, rows, name, progress) if keep_members else {}
         pos = np.searchsorted(rows, eval_rows)
         labels = {t: st.labels(t, eval_rows) for t in preds}
         metrics = {"split": eval, **evaluate(labels, {t: p[pos] for t, p in preds.items()})}
@@ -153,7 +180,7 @@ def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="v
         resolved["joint"] = _resolved_entry(*fitted[0])
     run_doc = {
         "format": RUN_FORMAT, "name": name, "command": command, "store": store_path, "train": train,
-        "eval": eval, "seed": seed, "joint": joint, "backbone": backbone, "recipe": source,
+        "eval": eval, "seed": seed, "joint": joint, "aux": aux, "backbone": backbone, "recipe": source,
         "heads": info, "sources": sources, "versions": _versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t_start, 2),
@@ -164,14 +191,33 @@ def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="v
             "recipe": json.dumps(resolved), "train": train, "eval": eval, "command": command, "seed": seed,
             "joint": int(joint), "run_folder": str(out.resolve()),
         }, head_attrs={t: {"head": p.head, "features": p.features} for p, _ in fitted for t in p.tasks})
+        for member, mpreds in member_preds.items():
+            write_predictions(store, member, mpreds, rows, run_attrs={
+                "recipe": json.dumps(resolved), "train": train, "eval": eval, "command": command, "seed": seed,
+                "joint": int(joint), "run_folder": str(out.resolve()), "bag_of": name,
+            }, head_attrs={t: {"head": p.head, "features": p.features} for p, _ in fitted for t in p.tasks})
     except UserError as e:  # e.g. another process holds the store's writer lock
         raise UserError(f"{e}; the run folder {out} is complete: write its predictions later with "
-                        f"`heads predict --run {out} --store {store} --name {name}`") from None
+                        f"`heads predict --heads {out} --store {store} --run {name}`") from None
     return metrics
 
 
+def _member_predictions(st, fitted: list, rows: np.ndarray, name: str, progress: bool) -> dict:
+    """{"<name>.m<i>": predictions} of the members of the bagged heads (heads.bagging); one run per
+    member index, holding member i of every bagged head of the run."""
+    out: dict = {}
+    bags = [(plan, head) for plan, head in fitted if hasattr(head, "members_")]
+    for i in range(max(len(h.members_) for _, h in bags)):
+        members = [(plan, h.members_[i]) for plan, h in bags if i < len(h.members_)]
+        out[f"{name}.m{i}"] = predict_rows(st, members, rows, progress=progress)
+    return out
+
+
 def _resolved_entry(plan: Plan, head) -> dict:
-    params = {k: v for k, v in head.get_params().items() if k not in ("random_state", "n_classes", "verbose")}
+    if hasattr(head, "recipe_params"):  # a bag (heads.bagging): the member's params plus "bagging"
+        params = head.recipe_params()
+    else:
+        params = {k: v for k, v in head.get_params().items() if k not in ("random_state", "n_classes", "verbose")}
     return {"features": plan.features, "head": plan.head, "params": json.loads(json.dumps(params, default=list))}
 
 

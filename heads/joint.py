@@ -11,13 +11,15 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
 
 from store.schema import MTL_EXPR_CLASSES
 
 from . import losses
+from .mixup import check_mixup, mixed_targets
 from .targets import au_bce_weights, class_weights
 from .torch_training import (
-    ACTIVATIONS, MLP, as_feature_tensor, check_choice, feature_stats, forward_chunks, holdout_split,
+    ACTIVATIONS, MLP, InputLinear, as_feature_tensor, check_choice, feature_stats, forward_chunks, holdout_split,
     seeded, train,
 )
 
@@ -36,13 +38,17 @@ class JointMLPHead(BaseEstimator):
     class_weight (EXPR): None, "inverse_max", "balanced" or a list. au_loss: "weighted_bce", "bce",
     "focal". va_loss: "ccc" (1 - mean CCC over the labelled rows of the batch) or "mse".
     task_weights: {"expr": 1, "va": 1, "au": 1} multipliers of the three losses.
+
+    Auxiliary task (Jeong et al.; `heads fit mtl --joint --aux landmarks`): Y["landmarks"] (n, k) float,
+    a row with a NaN has none; an extra linear output regresses it with MSE x aux_weight over the rows
+    of the batch that have it (normalised landmarks: heads.landmarks). It is not predicted.
     """
 
     def __init__(self, *, hidden_layer_sizes=(128,), activation="relu", dropout=0.0, l2=0.0,
                  n_classes=len(MTL_EXPR_CLASSES), class_weight="inverse_max", label_smoothing=0.0,
-                 au_loss="weighted_bce", focal_gamma=2.0, va_loss="ccc", task_weights=None, epochs=10,
+                 au_loss="weighted_bce", focal_gamma=2.0, va_loss="ccc", task_weights=None, aux_weight=1.0, epochs=10,
                  batch_size=512, learning_rate=1e-3, early_stopping=False, validation_fraction=0.1,
-                 n_iter_no_change=3, random_state=0, n_threads=None, verbose=False):
+                 n_iter_no_change=3, mixup=None, random_state=0, n_threads=None, verbose=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.dropout = dropout
@@ -54,12 +60,14 @@ class JointMLPHead(BaseEstimator):
         self.focal_gamma = focal_gamma
         self.va_loss = va_loss
         self.task_weights = task_weights
+        self.aux_weight = aux_weight
         self.epochs = epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.mixup = mixup
         self.random_state = random_state
         self.n_threads = n_threads
         self.verbose = verbose
@@ -73,6 +81,7 @@ class JointMLPHead(BaseEstimator):
             raise ValueError(f"task_weights has unknown tasks {sorted(unknown)}; tasks: {', '.join(TASK_ORDER)}")
         if self.early_stopping and not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction={self.validation_fraction!r}; expected 0 < f < 1")
+        check_mixup(self.mixup)
 
     def fit(self, X, Y, groups=None):
         self._check_params()
@@ -87,6 +96,10 @@ class JointMLPHead(BaseEstimator):
         if ma.any() and not np.isin(ya[ma], (0, 1)).all():
             raise ValueError("Y['au'] must hold 0/1 on labelled rows (-1 for a missing AU vector)")
         keep = me | mv | ma
+        yl = Y.get("landmarks")
+        yl = None if yl is None else np.asarray(yl, dtype=np.float32).reshape(n, -1)
+        ml = np.zeros(n, bool) if yl is None else np.isfinite(yl).all(1)
+        n_aux = 0 if yl is None else yl.shape[1]
         if not keep.any():
             raise ValueError("no row has any of the expr, va, au labels")
         rng = np.random.default_rng(self.random_state)
@@ -104,14 +117,21 @@ class JointMLPHead(BaseEstimator):
             "ye": torch.from_numpy(np.where(me, ye, 0)), "me": torch.from_numpy(me),
             "yv": torch.from_numpy(np.where(mv[:, None], yv, 0.0).astype(np.float32)), "mv": torch.from_numpy(mv),
             "ya": torch.from_numpy(np.where(ma[:, None], ya, 0).astype(np.float32)), "ma": torch.from_numpy(ma),
+            "ml": torch.from_numpy(ml),
         }
+        if n_aux:
+            t["yl"] = torch.from_numpy(np.where(ml[:, None], yl, 0.0).astype(np.float32))
+        aux_w = float(self.aux_weight)
         we_t = None if we is None else torch.tensor(we, dtype=torch.float32)
         w1_t, w0_t = torch.tensor(w1, dtype=torch.float32), torch.tensor(w0, dtype=torch.float32)
         ls, gamma = float(self.label_smoothing), float(self.focal_gamma)
 
         def loss_fn(out, idx):
-            oe, ov, oa = out
+            oe, ov, oa = out[:3]
             total = oe.new_zeros(())
+            m = t["ml"][idx]
+            if n_aux and m.any():  # auxiliary landmark regression, rows with landmarks only
+                total = total + aux_w * losses.mse(out[3][m], t["yl"][idx][m])
             m = t["me"][idx]
             if m.any():
                 total = total + tw["expr"] * losses.cross_entropy(oe[m], t["ye"][idx][m], weight=we_t,
@@ -131,10 +151,42 @@ class JointMLPHead(BaseEstimator):
                 total = total + tw["au"] * la
             return total
 
+        def mixed_loss_fn(out, a, b, lam):
+            """Mix-up (heads.mixup): a task's mixed loss only over pairs where both rows have its label."""
+            oe, ov, oa = out[:3]
+            total, any_pair = oe.new_zeros(()), False
+            m = t["ml"][a] & t["ml"][b]
+            if n_aux and m.any():
+                total = total + aux_w * losses.mse(out[3][m], mixed_targets("regression", t["yl"], a[m], b[m], lam,
+                                                                            n_aux))
+                any_pair = True
+            m = t["me"][a] & t["me"][b]
+            if m.any():
+                target = mixed_targets("multiclass", t["ye"], a[m], b[m], lam, self.n_classes)
+                total = total + tw["expr"] * losses.cross_entropy(oe[m], target, weight=we_t, label_smoothing=ls)
+                any_pair = True
+            m = t["mv"][a] & t["mv"][b]
+            if m.sum() > 1:
+                f = losses.ccc_loss if self.va_loss == "ccc" else losses.mse
+                total = total + tw["va"] * f(ov[m], mixed_targets("regression", t["yv"], a[m], b[m], lam, 2))
+                any_pair = True
+            m = t["ma"][a] & t["ma"][b]
+            if m.any():
+                target = mixed_targets("multilabel", t["ya"], a[m], b[m], lam, k_au)
+                if self.au_loss == "focal":
+                    la = losses.focal_binary(oa[m], target, gamma=gamma)
+                elif self.au_loss == "bce":
+                    la = losses.weighted_bce(oa[m], target)
+                else:
+                    la = losses.weighted_bce(oa[m], target, w1=w1_t, w0=w0_t)
+                total = total + tw["au"] * la
+                any_pair = True
+            return total if any_pair else None
+
         Xt = as_feature_tensor(X)
         with seeded(int(rng.integers(2**31)), self.n_threads):
             rows_t = torch.from_numpy(rows)
-            net = self._build(X.shape[1], k_au)
+            net = self._build(X.shape[1], k_au, n_aux)
             mean, inv_std = feature_stats(Xt, rows_t)
             net.set_standardization(mean, inv_std)
             history = train(
@@ -142,10 +194,12 @@ class JointMLPHead(BaseEstimator):
                 learning_rate=float(self.learning_rate), l2=float(self.l2),
                 held_rows=None if held is None else torch.from_numpy(held),
                 n_iter_no_change=int(self.n_iter_no_change), verbose=self.verbose, desc="JointMLPHead",
+                mixup=self.mixup, mixed_loss_fn=mixed_loss_fn if self.mixup else None,
             )
         self.network_ = net
         self.n_features_in_ = X.shape[1]
         self.n_au_ = k_au
+        self.n_aux_ = n_aux
         self.class_weight_ = None if we is None else we.tolist()
         self.n_iter_ = history["n_epochs"]
         self.best_epoch_ = history["best_epoch"]
@@ -153,10 +207,16 @@ class JointMLPHead(BaseEstimator):
         self.validation_curve_ = history["validation_curve"]
         return self
 
-    def _build(self, n_features, n_au):
-        return MLP(n_features, tuple(int(h) for h in self.hidden_layer_sizes), (self.n_classes, 2, n_au),
-                   activation=self.activation, dropout=float(self.dropout),
-                   out_activations=("identity", "tanh", "identity"))
+    def _build(self, n_features, n_au, n_aux=0):
+        hidden = tuple(int(h) for h in self.hidden_layer_sizes)
+        net = MLP(n_features, hidden, (self.n_classes, 2, n_au), activation=self.activation,
+                  dropout=float(self.dropout), out_activations=("identity", "tanh", "identity"))
+        if n_aux:  # auxiliary output, initialised on a forked RNG: the rest trains as without it
+            with torch.random.fork_rng(devices=[]):
+                layer = (nn.Linear if hidden else InputLinear)(hidden[-1] if hidden else n_features, n_aux)
+            net.heads.append(layer)
+            net.out_acts.append(nn.Identity())
+        return net
 
     def predict_tasks(self, X) -> dict:
         check_is_fitted(self, "network_")
@@ -165,19 +225,21 @@ class JointMLPHead(BaseEstimator):
             return {"expr": np.zeros((0, self.n_classes), np.float32), "va": np.zeros((0, 2), np.float32),
                     "au": np.zeros((0, self.n_au_), np.float32)}
         with seeded(0, self.n_threads):
-            oe, ov, oa = forward_chunks(self.network_, as_feature_tensor(X))
+            oe, ov, oa = forward_chunks(self.network_, as_feature_tensor(X))[:3]
         return {"expr": torch.softmax(oe, 1).numpy(), "va": ov.numpy(), "au": torch.sigmoid(oa).numpy()}
 
     def _fitted_state(self):
         meta = {k: getattr(self, k) for k in ("n_features_in_", "n_au_", "class_weight_", "n_iter_",
                                               "best_epoch_", "loss_curve_", "validation_curve_")}
+        meta["n_aux_"] = int(getattr(self, "n_aux_", 0))
         arrays = {f"network.{k}": v.numpy() for k, v in self.network_.state_dict().items()}
         return meta, arrays, {}
 
     def _restore_state(self, meta, arrays, texts):
         for k, v in meta.items():
             setattr(self, k, v)
-        net = self._build(meta["n_features_in_"], meta["n_au_"])
+        self.n_aux_ = int(meta.get("n_aux_", 0))
+        net = self._build(meta["n_features_in_"], meta["n_au_"], self.n_aux_)
         net.load_state_dict({k[len("network."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
         net.eval()
         self.network_ = net

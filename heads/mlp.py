@@ -18,6 +18,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import losses
+from .mixup import check_mixup, mixed_targets, soft_focal_multiclass
 from .regression_output import RegressionOutputMixin
 from .targets import au_bce_weights, check_binary_matrix, class_weights, encode_classes
 from .torch_training import (
@@ -41,6 +42,9 @@ class _MLPHead(BaseEstimator):
     def _make_loss(self, y_fit):  # -> loss(outputs, targets)
         raise NotImplementedError
 
+    def _make_mixed_loss(self, targets):  # -> loss(outputs, rows_a, rows_b, lam) on mixed targets (heads.mixup)
+        raise NotImplementedError
+
     # -- shared
     def _check_params(self):
         check_choice("activation", self.activation, ACTIVATIONS)
@@ -56,6 +60,7 @@ class _MLPHead(BaseEstimator):
             raise ValueError(f"l2={self.l2!r} must be >= 0 and learning_rate={self.learning_rate!r} > 0")
         if self.early_stopping and not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction={self.validation_fraction!r}; expected 0 < f < 1")
+        check_mixup(self.mixup)
 
     def _output_activation(self):
         return self.output_activation or self._out_activations[0]
@@ -89,7 +94,8 @@ class _MLPHead(BaseEstimator):
                 learning_rate=float(self.learning_rate), l2=float(self.l2),
                 held_rows=None if held is None else torch.from_numpy(held),
                 n_iter_no_change=int(self.n_iter_no_change), verbose=self.verbose,
-                desc=type(self).__name__,
+                desc=type(self).__name__, mixup=self.mixup,
+                mixed_loss_fn=self._make_mixed_loss(targets) if self.mixup else None,
             )
         self.network_ = net
         self.n_features_in_ = Xt.shape[1]
@@ -141,7 +147,7 @@ class MLPClassifierHead(ClassifierMixin, _MLPHead):
     def __init__(self, *, hidden_layer_sizes=(), activation="relu", dropout=0.0, l2=0.0,
                  output_activation=None, loss="cross_entropy", class_weight=None, label_smoothing=0.0,
                  focal_gamma=2.0, n_classes=None, epochs=10, batch_size=512, learning_rate=1e-3,
-                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=3, random_state=0,
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=3, mixup=None, random_state=0,
                  n_threads=None, verbose=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -159,6 +165,7 @@ class MLPClassifierHead(ClassifierMixin, _MLPHead):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.mixup = mixup
         self.random_state = random_state
         self.n_threads = n_threads
         self.verbose = verbose
@@ -175,12 +182,20 @@ class MLPClassifierHead(ClassifierMixin, _MLPHead):
     def _make_loss(self, y_fit):
         w = class_weights(y_fit, len(self.classes_), self.class_weight, self.classes_)
         self.class_weight_ = None if w is None else w.tolist()
-        wt = None if w is None else torch.tensor(w, dtype=torch.float32)
+        wt = self._wt = None if w is None else torch.tensor(w, dtype=torch.float32)
         if self.loss == "focal":
             gamma = float(self.focal_gamma)
             return lambda out, t: losses.focal_multiclass(out, t, gamma=gamma, weight=wt)
         ls = float(self.label_smoothing)
         return lambda out, t: losses.cross_entropy(out, t, weight=wt, label_smoothing=ls)
+
+    def _make_mixed_loss(self, targets):
+        wt, k, ls, gamma = self._wt, len(self.classes_), float(self.label_smoothing), float(self.focal_gamma)
+        if self.loss == "focal":
+            return lambda out, a, b, lam: soft_focal_multiclass(
+                out, mixed_targets("multiclass", targets, a, b, lam, k), gamma=gamma, weight=wt)
+        return lambda out, a, b, lam: losses.cross_entropy(
+            out, mixed_targets("multiclass", targets, a, b, lam, k), weight=wt, label_smoothing=ls)
 
     def _fitted_state(self):
         meta, arrays, texts = super()._fitted_state()
@@ -206,7 +221,7 @@ class MLPClassifierHead(ClassifierMixin, _MLPHead):
 class MLPMultilabelHead(_MLPHead):
     """Sigmoid MLP for independent binary outputs (AUs): y is (n, k) of 0/1.
 
-    loss: "weighted_bce" (per output w1 = n/(2 pos), w0 = n/(2 neg), REFERENCE.md), "bce" or "focal".
+    loss: "weighted_bce" (per output w1 = n/(2 pos), w0 = n/(2 neg), docs/REFERENCE.md), "bce" or "focal".
     predict gives 0/1 at threshold 0.5; tune thresholds on predict_proba (blend).
     """
 
@@ -216,7 +231,7 @@ class MLPMultilabelHead(_MLPHead):
     def __init__(self, *, hidden_layer_sizes=(128,), activation="relu", dropout=0.0, l2=0.0,
                  output_activation=None, loss="weighted_bce", focal_gamma=2.0, epochs=10, batch_size=512,
                  learning_rate=1e-3, early_stopping=False, validation_fraction=0.1, n_iter_no_change=3,
-                 random_state=0, n_threads=None, verbose=False):
+                 mixup=None, random_state=0, n_threads=None, verbose=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.dropout = dropout
@@ -230,6 +245,7 @@ class MLPMultilabelHead(_MLPHead):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.mixup = mixup
         self.random_state = random_state
         self.n_threads = n_threads
         self.verbose = verbose
@@ -243,14 +259,25 @@ class MLPMultilabelHead(_MLPHead):
         return y, torch.from_numpy(y.astype(np.float32)), y.shape[1]
 
     def _make_loss(self, y_fit):
+        self._w = (None, None)
         if self.loss == "bce":
             return lambda out, t: losses.weighted_bce(out, t)
         w1, w0 = au_bce_weights(y_fit)
         w1t, w0t = torch.tensor(w1, dtype=torch.float32), torch.tensor(w0, dtype=torch.float32)
+        if self.loss != "focal":
+            self._w = (w1t, w0t)
         if self.loss == "focal":
             gamma = float(self.focal_gamma)
             return lambda out, t: losses.focal_binary(out, t, gamma=gamma)
         return lambda out, t: losses.weighted_bce(out, t, w1=w1t, w0=w0t)
+
+    def _make_mixed_loss(self, targets):
+        (w1t, w0t), gamma, k = self._w, float(self.focal_gamma), targets.shape[1]
+        if self.loss == "focal":
+            return lambda out, a, b, lam: losses.focal_binary(
+                out, mixed_targets("multilabel", targets, a, b, lam, k), gamma=gamma)
+        return lambda out, a, b, lam: losses.weighted_bce(
+            out, mixed_targets("multilabel", targets, a, b, lam, k), w1=w1t, w0=w0t)
 
     def predict_proba(self, X) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self._raw(X)))
@@ -268,7 +295,7 @@ class MLPRegressorHead(RegressionOutputMixin, RegressorMixin, _MLPHead):
 
     def __init__(self, *, hidden_layer_sizes=(), activation="relu", dropout=0.0, l2=0.0,
                  output_activation=None, loss="mse", epochs=10, batch_size=512, learning_rate=1e-3,
-                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=3, random_state=0,
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=3, mixup=None, random_state=0,
                  n_threads=None, verbose=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -282,6 +309,7 @@ class MLPRegressorHead(RegressionOutputMixin, RegressorMixin, _MLPHead):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.mixup = mixup
         self.random_state = random_state
         self.n_threads = n_threads
         self.verbose = verbose
@@ -303,6 +331,10 @@ class MLPRegressorHead(RegressionOutputMixin, RegressorMixin, _MLPHead):
 
     def _make_loss(self, y_fit):
         return losses.ccc_loss if self.loss == "ccc" else losses.mse
+
+    def _make_mixed_loss(self, targets):
+        f, k = self._make_loss(None), targets.shape[1]
+        return lambda out, a, b, lam: f(out, mixed_targets("regression", targets, a, b, lam, k))
 
     def predict(self, X) -> np.ndarray:
         return self._shaped_output(self._raw(X))

@@ -37,14 +37,15 @@ class Plan:
         return None if self.key == "joint" else TASK_KINDS[self.key][1]
 
 
-def head_scores(plan: Plan, head, X: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-task float32 scores of a fitted head: class/AU probabilities, VA values."""
+def head_scores(plan: Plan, head, X: np.ndarray, **context) -> dict[str, np.ndarray]:
+    """Per-task float32 scores of a fitted head: class/AU probabilities, VA values.
+    context: groups= and frames= of the rows, for temporal heads (heads.temporal)."""
     if plan.kind == "joint":
-        out = head.predict_tasks(X)
+        out = head.predict_tasks(X, **context)
     elif plan.kind == "regression":
-        out = {plan.key: head.predict(X)}
+        out = {plan.key: head.predict(X, **context)}
     else:
-        out = {plan.key: head.predict_proba(X)}
+        out = {plan.key: head.predict_proba(X, **context)}
     return {t: np.asarray(v, dtype=np.float32).reshape(len(X), -1) for t, v in out.items()}
 
 

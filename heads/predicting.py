@@ -13,6 +13,7 @@ from store.feature_store import FeatureStore
 
 from .plan import OUTPUT_NAMES, head_scores
 from .run_folder import read_run
+from .temporal_rows import predict_temporal
 
 _CHUNK_ROWS = 32768
 
@@ -26,6 +27,9 @@ def predict_rows(st: FeatureStore, fitted: list, rows: np.ndarray, *, progress: 
     total = len(rows) * len(fitted)
     with tqdm(total=total, desc="predict", unit="row", unit_scale=True, disable=not progress, leave=False) as bar:
         for plan, head in fitted:
+            if getattr(head, "temporal", False):  # windows of frames: chunks of whole videos
+                predict_temporal(st, plan, head, rows, out, chunk_rows=_CHUNK_ROWS, bar=bar)
+                continue
             for start in range(0, len(rows), _CHUNK_ROWS):
                 chunk = rows[start:start + _CHUNK_ROWS]
                 X, valid = st.read_features(plan.features, chunk)
@@ -61,7 +65,7 @@ def predict_run(run, store, *, name: str | None = None, overwrite: bool = False,
     with FeatureStore.open(store) as st:
         check_sources(st, doc, run)
         if name in st.runs() and not overwrite:
-            raise UserError(f"{st.path}: predictions {name!r} exist; pass --name ANOTHER or --overwrite")
+            raise UserError(f"{st.path}: predictions {name!r} exist; pass --run ANOTHER or --overwrite")
         for plan, head in fitted:
             width = len(st.feature_names(plan.features))
             if width != head.n_features_in_:

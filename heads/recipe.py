@@ -9,7 +9,8 @@
 `features` is a store feature spec ("source.array+source.array", or a source name for all its
 arrays); "{backbone}" is replaced by --backbone or by the store's only source holding both
 embeddings and logits. Built-in recipes live in heads/recipes/*.json; any JSON file of this form
-can be passed instead. Errors name the recipe and the key.
+can be passed instead. Errors name the recipe and the key. Any entry's params may also hold
+"bagging": {"estimators", "fraction", "seed"} (heads.bagging); torch heads take "mixup" (heads.mixup).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from .registry import HEADS, TASK_KINDS, head_class, param_names
 
 BUILTIN_DIR = Path(__file__).parent / "recipes"
 RECIPE_FORMAT = 1
-_TOP_KEYS = {"format", "name", "description", "tasks", "joint"}
+_TOP_KEYS = {"format", "name", "description", "tasks", "joint", "tuning"}  # tuning: heads tune's record
 _ENTRY_KEYS = {"features", "head", "params"}
 
 
@@ -95,7 +96,14 @@ def _validate_entry(entry, kind: str, key: str, fail) -> None:
     params = entry.get("params", {})
     if not isinstance(params, dict):
         fail(f"{key}.params", "expected an object of parameter: value")
-    allowed = set(param_names(cls)) - {"random_state", "n_classes"}
+    allowed = set(param_names(cls)) - {"random_state", "n_classes"} | {"bagging"}  # bagging: heads.bagging
+    if "bagging" in params:
+        from .bagging import check_bagging
+
+        try:
+            check_bagging(params["bagging"])
+        except ValueError as e:
+            fail(f"{key}.params.bagging", str(e))
     for name in params:
         if name not in allowed:
             fail(f"{key}.params.{name}", f"{cls.__name__} has no such parameter; parameters: "

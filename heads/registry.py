@@ -6,6 +6,13 @@ so that a recipe of linear heads never imports torch.
     "linear"    LogisticHead / LogisticMultilabelHead / RidgeHead                 (heads.linear)
     "lightgbm"  LGBMClassifierHead / LGBMMultilabelHead / LGBMRegressorHead       (heads.gbm)
     "joint_mlp" JointMLPHead: one network for expr + va + au (`heads fit mtl --joint`)  (heads.joint)
+    "auto"      AutoClassifierHead / ...MultilabelHead / ...RegressorHead: the best of linear, MLP, LightGBM
+                by inner grouped CV on the training rows (heads.auto; the `auto` recipe)
+    "gru"       GRUClassifierHead / GRUMultilabelHead / GRURegressorHead   (heads.temporal: windows of frames)
+    "transformer" TransformerClassifierHead / ...MultilabelHead / ...RegressorHead   (heads.temporal)
+
+Any head's params may hold "bagging": {"estimators", "fraction", "seed"}: make_head then returns a
+heads.bagging.BaggedHead of that head (soft voting of members fitted on samples of videos).
 """
 from __future__ import annotations
 
@@ -30,7 +37,16 @@ HEADS = {
     "lightgbm": {"multiclass": "heads.gbm:LGBMClassifierHead", "multilabel": "heads.gbm:LGBMMultilabelHead",
                  "regression": "heads.gbm:LGBMRegressorHead"},
     "joint_mlp": {"joint": "heads.joint:JointMLPHead"},
+    "auto": {"multiclass": "heads.auto:AutoClassifierHead", "multilabel": "heads.auto:AutoMultilabelHead",
+             "regression": "heads.auto:AutoRegressorHead"},
+    "gru": {"multiclass": "heads.temporal:GRUClassifierHead", "multilabel": "heads.temporal:GRUMultilabelHead",
+            "regression": "heads.temporal:GRURegressorHead"},
+    "transformer": {"multiclass": "heads.temporal:TransformerClassifierHead",
+                    "multilabel": "heads.temporal:TransformerMultilabelHead",
+                    "regression": "heads.temporal:TransformerRegressorHead"},
 }
+# Classes that wrap other heads (not recipe head names; they load from run folders like the others).
+WRAPPERS = {"BaggedHead": "heads.bagging:BaggedHead"}
 
 
 def _import(ref: str):
@@ -53,6 +69,8 @@ def class_by_name(class_name: str):
         for ref in kinds.values():
             if ref.split(":")[1] == class_name:
                 return _import(ref)
+    if class_name in WRAPPERS:
+        return _import(WRAPPERS[class_name])
     raise ValueError(f"unknown head class {class_name!r}")
 
 
@@ -65,7 +83,16 @@ def make_head(name: str, kind: str, params: dict, *, n_classes: int | None = Non
     """Instantiate a head; unknown parameter names raise ValueError listing the allowed ones.
 
     n_classes is set for multiclass heads (fixed class order of the task); seed sets random_state.
+    params["bagging"] (any head) makes a heads.bagging.BaggedHead of that head.
     """
+    if "bagging" in params:
+        from .bagging import BaggedHead, check_bagging
+
+        rest = {k: v for k, v in params.items() if k != "bagging"}
+        check_bagging(params["bagging"])
+        make_head(name, kind, rest, n_classes=n_classes, seed=seed)  # unknown parameters fail here, now
+        return BaggedHead(head=name, kind=kind, params=rest, bagging=params["bagging"], n_classes=n_classes,
+                          random_state=0 if seed is None else seed)
     cls = head_class(name, kind)
     allowed = param_names(cls)
     unknown = sorted(set(params) - set(allowed))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 _SCORES = (("P_MTL", "P_MTL = P_VA + P_EXPR + P_AU"), ("P_VA", "mean CCC"), ("ccc_valence", "CCC valence"),
            ("ccc_arousal", "CCC arousal"), ("P_EXPR", "macro F1 (8 classes)"), ("P_LSD", "macro F1 (6 classes)"),
-           ("accuracy", "accuracy"), ("P_AU", "mean F1 (12 AUs, threshold 0.5)"))
+           ("accuracy", "accuracy"), ("abaw2_expr", "ABAW2 EXPR = 0.67 macro F1 + 0.33 accuracy"), ("P_AU", "mean F1 (12 AUs, threshold 0.5)"))
 
 
 def format_metrics(m: dict, split: str) -> str:

@@ -167,6 +167,8 @@ class Adam:
         step_size = self.lr / (1 - b1 ** self.t)
         bias2 = math.sqrt(1 - b2 ** self.t)
         for (p, wd), m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:  # not used by this batch's loss (e.g. a task without labels in it): as torch
+                continue
             g = p.grad if not wd else p.grad.add(p, alpha=wd)
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
@@ -175,14 +177,21 @@ class Adam:
 
 def train(model: nn.Module, X: torch.Tensor, train_rows: torch.Tensor, loss_fn, *, epochs: int,
           batch_size: int, learning_rate: float, l2: float, held_rows: torch.Tensor | None = None,
-          n_iter_no_change: int = 3, verbose: bool = False, desc: str = "mlp") -> dict:
+          n_iter_no_change: int = 3, verbose: bool = False, desc: str = "mlp", mixup: dict | None = None,
+          mixed_loss_fn=None) -> dict:
     """Adam on mini-batches of X[train_rows]; loss_fn(outputs, rows) -> scalar.
 
     L2: `l2 * sum(W**2)` added to the loss for weight matrices (Keras kernel_regularizer semantics),
     implemented as Adam weight_decay = 2 * l2. With held_rows, the held-out loss is computed after
     every epoch; the best epoch's weights are restored and training stops after n_iter_no_change
     epochs without a relative improvement of 1e-4. Returns {"n_epochs", "best_epoch", "loss_curve", "validation_curve"}.
+
+    mixup {"alpha", "kind"} (heads.mixup): each batch is mixed with a random pairing of itself,
+    lambda ~ Beta(alpha, alpha); mixed_loss_fn(outputs, rows_a, rows_b, lambda) -> scalar or None (no
+    pair has the labels); kind "mixaugment" adds loss_fn on the real batch. Held-out losses are unmixed.
     """
+    from .mixup import mix_inputs, mix_pairs
+
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = Adam([(decay, 2.0 * l2), (no_decay, 0.0)], lr=learning_rate)
@@ -198,7 +207,16 @@ def train(model: nn.Module, X: torch.Tensor, train_rows: torch.Tensor, loss_fn, 
         total = torch.zeros(())
         for idx in torch.tensor_split(perm, n_batches):  # near-equal batches, none tiny
             xb = torch.index_select(X, 0, idx, out=buf[:len(idx)])  # reused buffer: no allocation per batch
-            loss = loss_fn(model(xb), idx)
+            if mixup:
+                lam, perm = mix_pairs(len(idx), float(mixup.get("alpha", 0.1)))
+                loss = mixed_loss_fn(model(mix_inputs(xb, perm, lam)), idx, idx[perm], lam)
+                if mixup.get("kind", "mixup") == "mixaugment":
+                    real = loss_fn(model(xb), idx)
+                    loss = real if loss is None else loss + real
+                if loss is None:
+                    continue
+            else:
+                loss = loss_fn(model(xb), idx)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -13,16 +13,20 @@ Layout and invariants: docs/STORE.md.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import itertools
 import json
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
 
-from .errors import FingerprintMismatchError, StoreError
+from .errors import FingerprintMismatchError, StoreError, identity_diff
 from featheads.core.jsonfile import toolkit_version
+from .faults import checkpoint
 from .lock import WriterLock
 from .schema import SCHEMA_VERSION, TASKS, get_task
 
@@ -55,13 +59,17 @@ def _contiguous_runs(rows: np.ndarray) -> Iterable[tuple[int, int, int, int]]:
 
 
 def _read_rows(ds: h5py.Dataset, rows: np.ndarray | None) -> np.ndarray:
-    """Read `rows` of a dataset fast: one slice covering them, then a numpy gather."""
+    """Read `rows` of a dataset fast: one slice covering them, then a numpy gather (none when the rows are
+    that slice already: a second copy of a split's features would double its memory and the time to fault
+    its pages in)."""
     if rows is None:
         return ds[()]
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         return np.empty((0,) + ds.shape[1:], dtype=ds.dtype)
     lo, hi = int(rows.min()), int(rows.max()) + 1
+    if hi - lo == len(rows) and (len(rows) < 2 or bool(np.all(np.diff(rows) == 1))):
+        return ds[lo:hi]  # a contiguous range in order (a split, usually): no gathered copy
     block = ds[lo:hi]
     return block[rows - lo]
 
@@ -76,72 +84,171 @@ def _write_rows(ds: h5py.Dataset, rows: np.ndarray, values: np.ndarray) -> None:
 class FeatureStore:
     """An open feature store. Use `FeatureStore.open(path, mode)` as a context manager."""
 
-    def __init__(self, path: str, h5: h5py.File, lock: WriterLock | None):
+    def __init__(self, path: str, h5: h5py.File | None, lock: WriterLock | None):
         self.path = path
         self._h5 = h5
         self._lock = lock
         self._key_index: dict[str, int] | None = None
+        self._tmp: str | None = None  # the next version of the file while a write session is open
+        self._deferred: list[BaseException] = []  # HDF5 write errors raised in h5py destructors
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path, mode: str = "r") -> "FeatureStore":
-        """Open a store. mode "r": read only; "a": read/write, created if missing, writer lock held."""
+    def open(cls, path, mode: str = "r", *, wait: float | None = None) -> "FeatureStore":
+        """Open a store. mode "r": read only, no lock, sees the last committed version; "a": read/write,
+        created if missing, writer lock held (waiting up to `wait` seconds, default FEATHEADS_STORE_WAIT
+        or 300 s). Writes go to a new version of the file that `close()` / `commit()` puts in place
+        atomically; leaving the `with` block on an exception discards them (docs/STORE.md)."""
         path = os.fspath(path)
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         if mode == "r":
             if not os.path.exists(path):
                 raise StoreError(f"{path}: no such store")
-            try:
-                h5 = h5py.File(path, "r")
-            except OSError as e:
-                raise StoreError(f"{path}: cannot open as an HDF5 feature store ({e})") from None
-            st = cls(path, h5, None)
+            st = cls(path, _open_h5(path, "r"), None)
             st._check_version()
             return st
+        check_store_folder(path)
         lock = WriterLock(path)
-        lock.acquire()
+        lock.acquire(wait)
         try:
-            new = not os.path.exists(path)
-            try:
-                h5 = h5py.File(path, "a")
-            except OSError as e:
-                raise StoreError(f"{path}: cannot open as an HDF5 feature store for writing ({e})") from None
-            st = cls(path, h5, lock)
-            if new or "schema_version" not in h5.attrs:
-                st._init_layout()
-            st._check_version()
+            _remove_stale_versions(path)
+            if os.path.exists(path):
+                st = cls(path, _open_h5(path, "r"), lock)
+                st._check_version(writing=True)
+            else:
+                st = cls(path, None, lock)
+                st._begin_write()
             return st
         except BaseException:
             lock.release()
             raise
 
     def close(self) -> None:
+        """Commit what was written (if anything), release the writer lock."""
+        try:
+            if self._tmp is not None:
+                self.commit()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._tmp is not None:  # an abort: empty the uncommitted version first, so that closing it
+            _truncate(self._tmp)   # cannot fail for want of space (its flush lands in a sparse file)
         if self._h5 is not None:
-            if self.writable:
-                self._h5.attrs["updated"] = _now()
-            self._h5.close()
+            try:
+                _close_h5(self._h5)
+            except Exception:
+                pass  # an uncommitted version that could not be flushed (full disk): it is deleted below
             self._h5 = None
+        if self._tmp is not None:
+            _unlink(self._tmp)
+            self._tmp = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
 
+    def abort(self) -> None:
+        """Discard everything written since the last commit, release the writer lock."""
+        self._release()
+
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            return
+        self.abort()
+        if isinstance(exc, OSError) and not isinstance(exc, StoreError):
+            raise _io_error(self.path, exc) from None
 
     @property
     def writable(self) -> bool:
         return self._lock is not None
 
     def flush(self) -> None:
-        self._h5.flush()
+        if self._tmp is not None:
+            self._h5.flush()
 
     def _require_writable(self):
         if not self.writable:
             raise StoreError(f"{self.path}: opened read-only")
+        self._begin_write()
+
+    def _begin_write(self) -> None:
+        """Start a write session: a complete copy of the committed file, written next to it."""
+        if self._tmp is not None:
+            return
+        tmp = f"{self.path}.tmp-{os.getpid()}-{next(_VERSION_NUMBERS)}"
+        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        ensure_free_space(self.path, size + (1 << 20), what="a new version of the store")
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+        try:
+            if size or os.path.exists(self.path):
+                _copy_file(self.path, tmp)
+                h5 = _open_h5(tmp, "r+")
+            else:
+                h5 = _open_h5(tmp, "w")
+        except BaseException as e:
+            _unlink(tmp)
+            self._h5 = _open_h5(self.path, "r") if os.path.exists(self.path) else None
+            if isinstance(e, OSError) and not isinstance(e, StoreError):
+                raise _io_error(self.path, e) from None
+            raise
+        self._h5, self._tmp = h5, tmp
+        self._watch_destructors()
+        if "schema_version" not in h5.attrs:
+            self._init_layout()
+        checkpoint("store-copied")
+
+    def _watch_destructors(self) -> None:
+        """h5py flushes a dataset's cached chunks when its object is freed and can only print a failure there
+        ("Exception ignored in ... __dealloc__"). Collect those during a session: one means data did not
+        reach the new version, so it must not be committed (commit raises instead)."""
+        self._deferred = []
+        _install_destructor_hook()
+        _SESSIONS[os.path.basename(self._tmp)] = self._deferred
+
+    def commit(self) -> None:
+        """Put everything written so far in place atomically (fsync, rename over the store, fsync the folder).
+        The store stays open and locked; later writes start a new version."""
+        if self._tmp is None:
+            return
+        tmp = self._tmp
+        h5 = None
+        try:
+            self._h5.attrs["updated"] = _now()
+            h5, self._h5 = self._h5, None
+            _close_h5(h5)
+            if self._deferred:
+                raise OSError(str(self._deferred[0]))
+            checkpoint("commit-closed")
+            _compact_if_wasteful(tmp)
+            _fsync_path(tmp)
+            checkpoint("commit-fsynced")
+            os.replace(tmp, self.path)
+            self._tmp = None
+            checkpoint("commit-replaced")
+            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as e:
+            self._h5 = None
+            _truncate(tmp)
+            if h5 is not None:
+                try:
+                    _close_h5(h5)  # objects a failed close left open, now that the space is free
+                except Exception:
+                    pass
+            _unlink(tmp)
+            self._tmp = None
+            if os.path.exists(self.path):
+                self._h5 = _open_h5(self.path, "r")
+            if isinstance(e, StoreError):
+                raise
+            raise _io_error(self.path, e) from None
+        self._h5 = _open_h5(self.path, "r")
 
     def _init_layout(self) -> None:
         h5 = self._h5
@@ -157,10 +264,20 @@ class FeatureStore:
         h5.require_group("features")
         h5.require_group("predictions")
 
-    def _check_version(self) -> None:
+    def _check_version(self, writing: bool = False) -> None:
         v = self._h5.attrs.get("schema_version")
-        if v is None or "samples" not in self._h5:
-            raise StoreError(f"{self.path}: not a featheads store (no schema_version attribute)")
+        if v is None or "samples" not in self._h5 or self._h5.attrs.get("encoding") not in (None, "featheads-store"):
+            raise StoreError(
+                f"not a featheads store: {self.path} (no schema_version attribute)"
+                + ("; nothing was changed in it, choose another --store" if writing else "")
+            )
+        try:  # a store damaged by an older version (in-place writes) fails here, not in the middle of a command
+            for name in ("key", "split", "video", "frame"):
+                self._h5["samples"][name].shape
+            if writing:
+                self._h5["samples/key"][-1:]
+        except (OSError, KeyError, RuntimeError) as e:
+            raise damaged(self.path, e) from None
         if int(v) > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: schema version {int(v)} is newer than this toolkit reads ({SCHEMA_VERSION}); "
@@ -203,7 +320,8 @@ class FeatureStore:
         Keys already in the store must carry the same split and labels (re-running a command is a
         no-op); a key of another split or with other labels is an error that names it.
         """
-        self._require_writable()
+        if not self.writable:
+            raise StoreError(f"{self.path}: opened read-only")
         keys = [str(k) for k in keys]
         n = len(keys)
         if len(set(keys)) != n:
@@ -243,11 +361,15 @@ class FeatureStore:
         fresh = np.flatnonzero(rows < 0)
         if len(fresh) == 0:
             return rows
+        self._begin_write()
         start = self.n_rows
         stop = start + len(fresh)
+        ensure_free_space(self._tmp, self._row_bytes() * len(fresh) + 200 * len(fresh) + (1 << 20),
+                          what=f"{len(fresh)} new rows", store=self.path)
         self._resize_all(stop)
         s = self._h5["samples"]
         s["key"][start:stop] = [keys[i] for i in fresh]
+        checkpoint("add-samples")
         s["video"][start:stop] = [videos[i] for i in fresh]
         s["split"][start:stop] = [split] * len(fresh)
         s["frame"][start:stop] = frames[fresh]
@@ -260,15 +382,19 @@ class FeatureStore:
                 self._key_index[keys[i]] = r
         return rows
 
+    def _row_bytes(self) -> int:
+        """Bytes one row takes in the row-aligned numeric datasets (for the free-space check)."""
+        total = 0
+        for _, ds in self._iter_row_datasets():
+            total += int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+        return total
+
     def _resize_all(self, n: int) -> None:
-        """Grow every row-aligned dataset to n rows, filling new rows with the missing code."""
+        """Grow every row-aligned dataset to n rows. New rows read as the dataset's fill value (the missing
+        code: NaN, -1, status 0) without being written, so unwritten chunks take no space."""
 
         def grow(ds: h5py.Dataset):
-            old = ds.shape[0]
             ds.resize((n,) + ds.shape[1:])
-            if ds.dtype.kind in "fi" and n > old:
-                fill = STATUS_MISSING if ds.name.endswith("/status") else _missing_value(ds.dtype)
-                ds[old:n] = fill
 
         for name in ("key", "video", "split", "frame"):
             self._h5["samples"][name].resize((n,))
@@ -383,7 +509,8 @@ class FeatureStore:
         a source with another identity is an error naming both. arrays: name -> (width, column names).
         provenance: recorded, not compared (library versions, device, command).
         """
-        self._require_writable()
+        if not self.writable:
+            raise StoreError(f"{self.path}: opened read-only")
         if "/" in name or not name:
             raise StoreError(f"invalid source name {name!r}")
         ident = json.dumps(dict(identity), sort_keys=True, default=str)
@@ -392,17 +519,21 @@ class FeatureStore:
             old = g[name].attrs.get("identity", "{}")
             if json.loads(old) != json.loads(ident):
                 raise FingerprintMismatchError(
-                    f"{self.path}: source {name!r} holds features made with {old}; the new features are "
-                    f"made with {ident}. Write them to another source (--source-name) or another store."
+                    f"{self.path}: source {name!r} holds features made otherwise ({identity_diff(json.loads(old), json.loads(ident))}); "
+                    "write them to another source (--source-name) or another store"
                 )
             for arr, (width, _) in arrays.items():
                 if arr not in g[name] or g[name][arr].shape[1] != width:
                     raise FingerprintMismatchError(
                         f"{self.path}: source {name!r} has no array {arr!r} of width {width}"
                     )
-            if provenance:
-                g[name].attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True, default=str)
+            prov = json.dumps(dict(provenance or {}), sort_keys=True, default=str)
+            if provenance and g[name].attrs.get("provenance") != prov:
+                self._begin_write()
+                self._h5["features"][name].attrs["provenance"] = prov
             return
+        self._begin_write()
+        g = self._h5["features"]
         n = self.n_rows
         grp = g.create_group(name)
         grp.attrs["identity"] = ident
@@ -423,6 +554,7 @@ class FeatureStore:
         st = grp.create_dataset("status", shape=(n,), maxshape=(None,), dtype="int8",
                                 chunks=(_CHUNK_ROWS * 16,), fillvalue=STATUS_MISSING)
         st.attrs["codes"] = "0 missing, 1 ok, 2 invalid"
+        checkpoint("create-source")
 
     def write_features(
         self, name: str, rows: np.ndarray, arrays: Mapping[str, np.ndarray], status: np.ndarray
@@ -443,7 +575,10 @@ class FeatureStore:
                     f"source {name!r} array {arr!r}: got shape {values.shape}, expected {(len(rows), g[arr].shape[1])}"
                 )
             values[status != STATUS_OK] = np.nan
+            ensure_free_space(self._tmp, values.nbytes + (1 << 20), what=f"{len(rows)} rows of {name!r}",
+                              store=self.path)
             _write_rows(g[arr], rows, values)
+            checkpoint("write-features")
         _write_rows(g["status"], rows, status)
 
     def source_status(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
@@ -516,7 +651,9 @@ class FeatureStore:
         for k, v in (attrs or {}).items():
             ds.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v, default=str)
         g.attrs["updated"] = _now()
+        ensure_free_space(self._tmp, values.nbytes + (1 << 20), what=f"predictions {run}/{task}", store=self.path)
         _write_rows(ds, rows, values)
+        checkpoint("write-predictions")
 
     def set_run_attrs(self, run: str, **attrs) -> None:
         self._require_writable()
@@ -539,6 +676,13 @@ class FeatureStore:
         obj = self._h5["predictions"][run] if task is None else self._h5["predictions"][run][task]
         return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in obj.attrs.items()}
 
+    def to_pandas(self, split=None, *, features: str | None = None, predictions: Sequence[str] = ()):
+        """The rows of `split` (all if None) as a pandas DataFrame: key, video, frame, split, labels (missing
+        as missing values), the `features` spec's columns and the `predictions` runs' (store/export.py)."""
+        from .export import to_pandas
+
+        return to_pandas(self, split, features=features, predictions=predictions)
+
     # ------------------------------------------------------------------ file-level
     def attrs(self) -> dict:
         return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in self._h5.attrs.items()}
@@ -556,9 +700,217 @@ class FeatureStore:
 
 
 @contextmanager
-def open_store(path, mode: str = "r"):
-    st = FeatureStore.open(path, mode)
-    try:
+def open_store(path, mode: str = "r", *, wait: float | None = None):
+    with FeatureStore.open(path, mode, wait=wait) as st:
         yield st
+
+
+# ---------------------------------------------------------------------- files
+_COPY_BYTES = 16 << 20  # copy a store 16 MiB at a time (bounded memory, whatever its size)
+
+
+_VERSION_NUMBERS = itertools.count(1)  # a new name per session: late errors of an aborted one stay apart
+_SESSIONS: dict[str, list] = {}  # file name of an uncommitted version -> its destructor errors
+_HOOKED = False
+
+
+def _install_destructor_hook() -> None:
+    """Route h5py destructor errors about uncommitted versions (`*.tmp-<pid>-<n>`) to their session; others
+    go on to the previous hook unchanged."""
+    global _HOOKED
+    if _HOOKED:
+        return
+    prev = sys.unraisablehook
+
+    prev_except = sys.excepthook
+
+    def ours(exc) -> list | None:
+        text = str(exc)
+        return next((errors for name, errors in _SESSIONS.items() if name + "'" in text), None)  # filename = '...'
+
+
+    def hook(u):
+        errors = ours(u.exc_value)
+        if errors is None:
+            return prev(u)
+        errors.append(u.exc_value)
+
+    def excepthook(kind, value, tb):  # Cython prints a destructor's traceback through here first
+        if ours(value) is None:
+            prev_except(kind, value, tb)
+    sys.unraisablehook = hook
+    sys.excepthook = excepthook
+    _HOOKED = True
+
+
+def _close_h5(h5: h5py.File) -> None:
+    """Close a file; a failing flush (full disk) raises once here instead of also printing "Exception
+    ignored" lines from h5py's object destructors, so a user sees one error line."""
+    hook = sys.unraisablehook
+    failed: list[BaseException] = []
+    sys.unraisablehook = lambda u: failed.append(u.exc_value)
+    try:
+        h5.close()
     finally:
-        st.close()
+        sys.unraisablehook = hook
+    if failed and isinstance(failed[0], OSError):
+        raise failed[0]
+
+
+def _open_h5(path: str, mode: str) -> h5py.File:
+    """Open without HDF5's own file lock: readers never block writers (featheads' lock is for writers only,
+    and a committed file is never modified, so a reader always sees one complete version)."""
+    try:
+        return h5py.File(path, mode, locking=False)
+    except OSError as e:
+        if mode == "r" and os.path.exists(path) and not h5py.is_hdf5(path):
+            raise StoreError(f"not a featheads store: {path} (cannot open it as HDF5: not an HDF5 file)") from None
+        what = "for writing" if mode != "r" else ""
+        raise StoreError(
+            f"{path}: cannot open as an HDF5 feature store {what}({e}); `store verify --store {path} --repair` saves "
+            "what can still be read into a new store"
+        ) from None
+
+
+def damaged(path, e) -> StoreError:
+    return StoreError(
+        f"{path}: the store is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        f"`store verify --store {path} --repair` saves every readable sample, label, source and prediction into a new store"
+    )
+
+
+def check_store_folder(path) -> None:
+    """One clear line when the store's folder does not exist (before any model is loaded)."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise StoreError(f"{os.fspath(path)}: folder {folder} does not exist; create it first (mkdir -p {folder})")
+
+
+def _truncate(path: str) -> None:
+    try:
+        os.truncate(path, 0)
+    except OSError:
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _remove_stale_versions(path: str) -> None:
+    """Uncommitted versions left by killed writers (only the lock holder writes one, and we hold the lock)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    for entry in os.listdir(folder):
+        if entry.startswith(name + ".tmp-"):
+            _unlink(os.path.join(folder, entry))
+
+
+def _copy_file(src: str, dst: str) -> None:
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while True:
+            block = fi.read(_COPY_BYTES)
+            if not block:
+                break
+            fo.write(block)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a folder; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def free_bytes(path) -> int:
+    st = os.statvfs(os.path.dirname(os.path.abspath(os.fspath(path))))
+    return st.f_bavail * st.f_frsize
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def ensure_free_space(path, need: int, *, what: str, store=None) -> None:
+    """Refuse (one line naming the store) before a write that would not fit on the disk."""
+    if path is None:
+        return
+    free = free_bytes(path)
+    if free < need:
+        raise StoreError(
+            f"{os.fspath(store or path)}: disk full: writing {what} needs about {_mb(need)} free in "
+            f"{os.path.dirname(os.path.abspath(os.fspath(path)))}, {_mb(free)} free; nothing was changed, free "
+            "some space and run the same command again"
+        )
+
+
+def _io_error(path: str, e: OSError) -> StoreError:
+    """An OSError of a write session as one line; the committed store is untouched."""
+    text = str(e)
+    full = getattr(e, "errno", None) == errno.ENOSPC or "errno = 28" in text or "No space left" in text
+    if full:
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = 0
+        return StoreError(
+            f"{path}: disk full while writing the store (needs about {_mb(size + (1 << 20))} free in "
+            f"{os.path.dirname(os.path.abspath(path))}, {_mb(free_bytes(path))} free); the store still holds "
+            "everything committed before; free some space and run the same command again"
+        )
+    return StoreError(f"{path}: I/O error while writing the store ({text}); the store still holds everything "
+                      "committed before; run the same command again")
+
+
+def _array_bytes(h5: h5py.File) -> int:
+    """Bytes the datasets need: their allocated storage, plus, for strings, their objects in HDF5's global
+    heap (16-byte header + the UTF-8 bytes, padded to 8)."""
+    total = 0
+
+    def visit(_, obj):
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += obj.id.get_storage_size()
+            if h5py.check_string_dtype(obj.dtype) and obj.size:
+                lengths = np.char.str_len(obj.asstr()[()].astype(str)) if obj.size else np.zeros(0)
+                total += int((16 + (lengths + 7) // 8 * 8).sum())
+    h5.visititems(visit)
+    return total
+
+
+def _compact_if_wasteful(tmp: str) -> None:
+    """Rewrite the new version object by object when more than 5% (and 1 MiB) of it is dead space left by
+    resized or replaced datasets; chunks are copied as they are (H5Ocopy), so memory stays bounded."""
+    size = os.path.getsize(tmp)
+    with h5py.File(tmp, "r", locking=False) as f:
+        used = _array_bytes(f)
+    slack = size - used
+    if slack <= max(0.05 * size, 1 << 20):
+        return
+    ensure_free_space(tmp, used + (1 << 20), what="a compacted copy of the store")
+    dst = tmp + ".compact"
+    try:
+        with h5py.File(tmp, "r", locking=False) as fi, h5py.File(dst, "w", locking=False) as fo:
+            for k, v in fi.attrs.items():
+                fo.attrs[k] = v
+            for name in fi:
+                fi.copy(fi[name], fo, name)
+        os.replace(dst, tmp)
+    finally:
+        _unlink(dst)

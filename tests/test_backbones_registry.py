@@ -101,3 +101,41 @@ def test_cli_unknown_name_is_one_line_error():
 
 def test_cli_help():
     assert CliRunner().invoke(main, ["backbones", "--help"]).exit_code == 0
+
+
+def _imports(module_file):
+    import ast
+
+    tree = ast.parse(module_file.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_backbone_names_are_resolved_in_one_place():
+    """No import cycle in the registry, and only `_names` parses the `timm:` prefix."""
+    from pathlib import Path
+
+    import featurize.backbones as pkg
+
+    folder = Path(pkg.__file__).parent
+    assert "_timm_generic" not in _imports(folder / "_registry.py")
+    assert "_names" not in _imports(folder / "_timm_generic.py")
+    users = {p.name for p in folder.glob("*.py") if "_timm_generic" in _imports(p)}
+    assert users == {"_names.py"}
+    roots = [folder.parent, folder.parent.parent / "featheads"]
+    parsers = [p for root in roots for p in root.rglob("*.py")
+               if 'startswith("timm:")' in p.read_text() or "TIMM_PREFIX)" in p.read_text()]
+    assert parsers == [folder / "_names.py"]
+
+
+def test_names_resolve_to_registered_or_timm_entries():
+    from featurize.backbones import UnknownBackboneError, resolve_backbone, timm_model_name
+
+    assert timm_model_name("timm:resnet18") == "resnet18" and timm_model_name("enet_b0_8_va_mtl") is None
+    assert resolve_backbone("timm:resnet18").spec.name == "timm:resnet18"
+    assert resolve_backbone("timm:resnet18").random_init and not resolve_backbone("enet_b2_8").random_init
+    with pytest.raises(UnknownBackboneError, match="unknown backbone 'nope'"):
+        resolve_backbone("nope")

@@ -134,18 +134,21 @@ def test_errors_are_one_line_and_name_the_problem(tmp_path):
     header = "image,valence,arousal,expression,aus"
     out = tmp_path / "sub.txt"
     out.write_text("an earlier submission\n")
+    tl = write_list(tmp_path / "l0.txt", header, keys)
+    one_line_error(run("submit", "--format", "abaw4-mtl", "--store", store, "--run", "final",
+                       "--test-list", tl, "--out", out, ok=False), "--overwrite")
     tl = write_list(tmp_path / "l1.txt", header, keys + ["nowhere/00001.jpg"])
     one_line_error(run("submit", "--format", "abaw4-mtl", "--store", store, "--predictions", "final",
-                       "--test-list", tl, "--out", out, ok=False), "nowhere/00001.jpg", f"entry {len(keys) + 1}")
+                       "--test-list", tl, "--out", out, "--overwrite", ok=False), "nowhere/00001.jpg", f"entry {len(keys) + 1}")
     tl = write_list(tmp_path / "l2.txt", header, keys + [val_key])
     one_line_error(run("submit", "--format", "abaw4-mtl", "--store", store, "--predictions", "final",
-                       "--test-list", tl, "--out", out, ok=False), "split 'val'")
+                       "--test-list", tl, "--out", out, "--overwrite", ok=False), "split 'val'")
     tl = write_list(tmp_path / "l3.txt", header, keys + keys[:1])
     one_line_error(run("submit", "--format", "abaw4-mtl", "--store", store, "--predictions", "final",
-                       "--test-list", tl, "--out", out, ok=False), "listed again")
+                       "--test-list", tl, "--out", out, "--overwrite", ok=False), "listed again")
     tl = write_list(tmp_path / "l4.txt", header, keys)
     one_line_error(run("submit", "--format", "abaw4-mtl", "--store", store, "--predictions", "openface",
-                       "--test-list", tl, "--out", out, ok=False), "no 'va' predictions")
+                       "--test-list", tl, "--out", out, "--overwrite", ok=False), "no 'va' predictions")
     assert out.read_text() == "an earlier submission\n"  # nothing already written is lost
 
 

@@ -60,13 +60,13 @@ def test_demo_writes_a_sound_store_runs_blend_and_a_valid_submission(demo_run):
         with FeatureStore.open(path) as st:
             assert verify(st) == []
     with FeatureStore.open(res["store"]) as st:
-        assert set(st.runs()) >= {"paper", "logistic", "final"}
+        assert set(st.runs()) >= {"auto", "logistic", "final"}
         n_test = len(st.rows("test"))
     rows = list(csv.reader(open(res["submission"])))
     assert rows[0] == ["image", "valence", "arousal", "expression", "aus"]
     assert len(rows) == n_test + 1
     table = res["table"]
-    assert "heads logistic" in table and "blend, out-of-fold" in table and "heads lsd logistic" in table
+    assert "heads auto" in table and "blend, out-of-fold" in table and "heads lsd auto" in table
 
 
 def test_demo_heads_and_blend_beat_what_a_model_that_learned_nothing_scores(demo_run):

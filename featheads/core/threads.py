@@ -29,7 +29,8 @@ POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", 
 PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 ENV_THREADS = "FEATHEADS_THREADS"
 
-__all__ = ["available_cpus", "cgroup_cpu_limit", "prepare_threads", "limit_threads", "threads_from_argv"]
+__all__ = ["available_cpus", "cgroup_cpu_limit", "prepare_threads", "limit_threads", "threads_from_argv",
+           "apply_thread_limit"]
 
 
 def cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
@@ -95,6 +96,21 @@ def prepare_threads(requested: int | None = None, environ=None) -> int:
             environ[var] = str(n)
     for var, value in PASSIVE_WAIT.items():
         environ.setdefault(var, value)
+    return n
+
+
+def apply_thread_limit(n: int) -> int:
+    """`--threads N` for the rest of the process: the environment (libraries not loaded yet, child processes),
+    torch's pool and the BLAS pools already loaded (threadpoolctl). Returns the count used."""
+    n = prepare_threads(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return n
+    threadpool_limits(limits=n)
     return n
 
 

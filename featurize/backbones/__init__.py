@@ -9,9 +9,12 @@ from ._efficientnet import build_hsemotion  # noqa: F401  (registers the HSEmoti
 from ._mini_xception import FER2013_CLASSES, MiniXception  # registers fer_mini_xception
 from ._loader import RANDOM_INIT, LoadedBackbone, load_backbone
 from ._load_state import WeightsMismatchError
-from ._registry import TIMM_PREFIX, UnknownBackboneError, get_spec, list_backbones, register_backbone
+from ._registry import UnknownBackboneError, list_backbones, register_backbone
+from ._names import TIMM_PREFIX, get_spec, resolve_backbone, timm_model_name
 from ._keras_hdf5 import KerasFileError
-from ._safe_pickle import UnsafePickleError, load_tensors
+from ._limits import WeightsFileError
+from ._safe_pickle import UnsafePickleError
+from ._tensor_files import load_tensors
 from ._spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
 
 __all__ = [
@@ -26,10 +29,13 @@ __all__ = [
     "TIMM_PREFIX",
     "UnknownBackboneError",
     "UnsafePickleError",
+    "WeightsFileError",
     "WeightsMismatchError",
     "get_spec",
     "list_backbones",
     "load_backbone",
     "load_tensors",
     "register_backbone",
+    "resolve_backbone",
+    "timm_model_name",
 ]

@@ -9,7 +9,7 @@ from store.schema import AFFECTNET_CLASSES, VA_NAMES
 
 from ._load_state import check_structure, load_strict, normalize_keys
 from ._registry import register_backbone
-from ._safe_pickle import load_tensors
+from ._tensor_files import load_tensors
 from ._spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
 from ._timm_embedder import TimmEmbedder
 
@@ -42,8 +42,8 @@ def _hsemotion(name: str, arch: str, size: int, dim: int, logits: tuple[str, ...
 def build_hsemotion(spec: BackboneSpec, weights_path) -> TimmEmbedder:
     import timm
 
+    harvest = load_tensors(weights_path)  # refused before anything is built when the file is unsafe
     model = timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_logits)
-    harvest = load_tensors(weights_path)
     load_strict(model, normalize_keys(harvest.tensors, "classifier"), weights_path)
     check_structure(model, harvest, weights_path)
     return TimmEmbedder(model).eval()

@@ -8,6 +8,7 @@ from torch import nn
 
 from featheads.core.errors import UserError
 
+from ._limits import clip, short
 from ._safe_pickle import Harvest
 
 
@@ -18,7 +19,7 @@ class WeightsMismatchError(UserError):
 def _short(keys, n: int = 8) -> str:
     keys = sorted(keys)
     more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
+    return ", ".join(clip(k, 80) for k in keys[:n]) + more
 
 
 def normalize_keys(tensors: "OrderedDict[str, torch.Tensor]", classifier: str) -> "OrderedDict[str, torch.Tensor]":
@@ -48,11 +49,11 @@ def load_strict(model: nn.Module, tensors, path) -> None:
             parts.append(f"missing keys: {_short(missing)}")
         if unexpected:
             parts.append(f"unexpected keys: {_short(unexpected)}")
-        raise WeightsMismatchError(f"{path}: does not fit the network built ({'; '.join(parts)})")
+        raise WeightsMismatchError(f"{path}: does not fit the network built ({clip('; '.join(parts), 400)})")
     for k, t in tensors.items():
         if tuple(t.shape) != tuple(expected[k].shape):
             raise WeightsMismatchError(
-                f"{path}: {k} has shape {tuple(t.shape)}, the network built expects {tuple(expected[k].shape)}"
+                f"{path}: {clip(k, 80)} has shape {tuple(t.shape)}, the network built expects {tuple(expected[k].shape)}"
             )
     with torch.no_grad():
         model.load_state_dict({k: tensors.get(k, v) for k, v in expected.items()}, strict=True)
@@ -77,7 +78,7 @@ def check_structure(model: nn.Module, harvest: Harvest, path) -> None:
                     same = ours == theirs
                 if not same:
                     raise WeightsMismatchError(
-                        f"{path}: module {name or '<root>'} ({qualname}) has {attr}={theirs!r}, the network "
+                        f"{path}: module {name or '<root>'} ({qualname}) has {attr}={short(theirs)}, the network "
                         f"built has {attr}={ours!r}: the file was made for another architecture variant"
                     )
         if isinstance(mod, nn.Conv2d) and "padding" in attrs:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._keras_hdf5 import KerasFileError, KerasModel, keras_sha256, read_keras_model
+from ._limits import clip
 from ._registry import register_backbone
 from ._spec import BackboneSpec
 
@@ -180,7 +181,27 @@ def _load_sep(sep: SeparableConv2d, km: KerasModel, layer):
 
 
 def mini_xception_from_keras(km: KerasModel) -> MiniXception:
-    """Walk the Keras graph, build the matching MiniXception and copy every weight into it."""
+    """Walk the Keras graph, build the matching MiniXception and copy every weight into it.
+
+    A model_config that is not even shaped like a Keras graph is refused in one line."""
+    try:
+        return _from_keras(km)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, RuntimeError) as e:
+        raise KerasFileError(f"{km.source}: model_config is not the mini-Xception layout ({type(e).__name__}: "
+                             f"{clip(str(e), 80)})") from None
+
+
+def _checked_size(km: KerasModel, stem: int, widths: tuple, classes: int) -> None:
+    """The network the config declares must not need more weights than the file holds (checked on
+    the meta device, before anything is allocated)."""
+    with torch.device("meta"):
+        needed = sum(p.numel() for p in MiniXception(stem=stem, widths=widths, num_classes=classes).parameters())
+    if needed > km.num_weights():
+        raise KerasFileError(f"{km.source}: model_config declares a network of {needed} weights, the file holds "
+                             f"only {km.num_weights()}")
+
+
+def _from_keras(km: KerasModel) -> MiniXception:
     g = _Walker(km)
     inputs = [layer for layer in km.layers.values() if layer.kind == "InputLayer"]
     if len(inputs) != 1:
@@ -221,6 +242,8 @@ def mini_xception_from_keras(km: KerasModel) -> MiniXception:
             g.fail(add, f"adds {add.inputs}, expected {pool.name} + {res_bn.name}")
         widths.append(int(sep1.config["filters"]))
         blocks.append((sep1, bn1, sep2, bn2, res, res_bn))
+        if len(blocks) > len(km.layers):
+            g.fail(add, "the graph has a cycle")
         name = add.name
     head = g.expect(km.consumers(name)[0], kernel_size=[3, 3], strides=[1, 1], padding="same", use_bias=True,
                     activation="linear")
@@ -230,6 +253,7 @@ def mini_xception_from_keras(km: KerasModel) -> MiniXception:
         g.fail(gap, "expected only a softmax after the global average pool")
 
     eps = float(stem_bns[0].config.get("epsilon", 1e-3))
+    _checked_size(km, int(stem_convs[0].config["filters"]), tuple(widths), int(head.config["filters"]))
     model = MiniXception(stem=int(stem_convs[0].config["filters"]), widths=tuple(widths),
                          num_classes=int(head.config["filters"]), eps=eps)
     with torch.no_grad():

@@ -1,8 +1,9 @@
-"""The name -> backbone registry, filled by the `register_backbone` decorator.
+"""The registry of named backbones, filled by the `register_backbone` decorator.
 
 An entry pairs a `BackboneSpec` with a builder `build(spec, weights_path) -> nn.Module`, where
-`weights_path` is a weights file or None (random initialisation, allowed only where the spec has no
-official weights). `timm:<name>` entries are made on demand from timm's own configuration.
+`weights_path` is a weights file or None (random initialisation, allowed only for entries marked
+`random_init`). This module knows nothing about `timm:<name>`: `_names.resolve_backbone` is the one
+place that turns a backbone name into an entry, registered or made from timm.
 """
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from typing import Callable
 from featheads.core.errors import UserError
 
 from ._spec import BackboneSpec
-
-TIMM_PREFIX = "timm:"
 
 
 class UnknownBackboneError(UserError):
@@ -26,11 +25,17 @@ def _sha256(path) -> str:
     return sha256_file(path)
 
 
+def _same_spec(spec: BackboneSpec, model) -> BackboneSpec:
+    return spec
+
+
 @dataclass(frozen=True)
 class _Entry:
     spec: BackboneSpec
     build: Callable  # (spec, weights_path | None) -> torch.nn.Module
     fingerprint: Callable = _sha256  # (weights_path) -> sha256 hex of the weights
+    random_init: bool = False  # True: without weights the builder initialises randomly (seeded)
+    built_spec: Callable = _same_spec  # (spec, built model) -> the spec of what was built
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -58,19 +63,5 @@ def list_backbones() -> list[str]:
     return list(_REGISTRY)
 
 
-def _entry(name: str) -> _Entry:
-    if name.startswith(TIMM_PREFIX):
-        from ._timm_generic import timm_entry
-
-        return timm_entry(name[len(TIMM_PREFIX):])
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownBackboneError(
-            f"unknown backbone {name!r}; known: {', '.join(_REGISTRY)}, or timm:<timm model name>"
-        ) from None
-
-
-def get_spec(name: str) -> BackboneSpec:
-    """The spec of a registered backbone or of `timm:<timm model name>`."""
-    return _entry(name).spec
+def registered_entry(name: str) -> _Entry | None:
+    return _REGISTRY.get(name)
