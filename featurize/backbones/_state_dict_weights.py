@@ -155,9 +155,10 @@ def build_from_state_dict(spec: BackboneSpec, tensors, path):
     raise WeightsMismatchError(f"{path}: {spec.name} ({spec.arch}) cannot be built from a state dict")
 
 
-def name_logits(spec: BackboneSpec, count: int, path, logit_names=None) -> BackboneSpec:
+def name_logits(spec: BackboneSpec, count: int, path, logit_names=None, class_names=None) -> BackboneSpec:
     """`spec` with `count` logits named by `logit_names` (--logit-names), else by the file's metadata,
-    else the spec's own names when the count is the spec's, else "0", "1", ..."""
+    else the spec's own names when the count is the spec's, else by `class_names` (the classes of the task
+    whose class folders are featurized) when the count is theirs, else "0", "1", ..."""
     from dataclasses import replace
 
     given = tuple(logit_names) if logit_names else None
@@ -169,7 +170,12 @@ def name_logits(spec: BackboneSpec, count: int, path, logit_names=None) -> Backb
     if names is not None and len(set(names)) != len(names):
         raise WeightsMismatchError(f"--logit-names: the names must be distinct, got {', '.join(names)}")
     if names is None:
-        names = spec.logit_names if count == spec.num_logits else tuple(str(i) for i in range(count))
+        if count == spec.num_logits:
+            names = spec.logit_names
+        elif class_names is not None and len(class_names) == count:
+            names = tuple(class_names)
+        else:
+            names = tuple(str(i) for i in range(count))
     return spec if names == spec.logit_names else replace(spec, logit_names=names)
 
 
