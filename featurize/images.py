@@ -17,6 +17,7 @@ import io
 import os
 import posixpath
 import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -65,6 +66,12 @@ def _check_relative(rel: str) -> str:
     if rel.startswith("/") or norm == ".." or norm.startswith("../"):
         raise ImageDecodeError("image paths must be relative to the image root")
     return norm
+
+
+def _leaves_the_root(name: str) -> bool:
+    """A zip member named with '..' or an absolute path (zip-slip): never read."""
+    name = name.replace("\\", "/")
+    return name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":")
 
 
 class DirImageRoot:
@@ -140,9 +147,14 @@ class ZipImageRoot:
 
     def list_images(self) -> list[str]:
         n = len(self.prefix)
+        names = [name for name in self._all_names() if name.startswith(self.prefix) and is_image_name(name)]
+        unsafe = sorted(name for name in names if _leaves_the_root(name))
+        if unsafe:  # said once, on stderr: these are never read (a zip may name files outside its folder)
+            print(f"{self.path}: {len(unsafe)} member(s) with '..' or an absolute path skipped, e.g. "
+                  f"{unsafe[0][:200]!r}", file=sys.stderr)
         return sorted(
-            name[n:] for name in self._all_names()
-            if name.startswith(self.prefix) and is_image_name(name)
+            name[n:] for name in names
+            if not _leaves_the_root(name)
             and not any(part.startswith(".") or part == "__MACOSX" for part in name[n:].split("/"))
         )
 

@@ -74,6 +74,20 @@ def test_zip_root_decodes_in_worker_processes(tmp_path):
     assert errors[:12] == [""] * 12 and errors[12] == "no such file in the archive"
 
 
+def test_zip_members_outside_the_root_are_skipped_with_a_word(tmp_path, capsys):
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    archive = tmp_path / "slip.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in ("ok/a.jpg", "../evil.jpg", "ok/../../x.jpg", "/abs.jpg"):
+            z.writestr(name, buf.getvalue())
+    assert open_image_root(archive).list_images() == ["ok/a.jpg"]
+    err = capsys.readouterr().err
+    assert f"{archive}: 3 member(s) with '..' or an absolute path skipped" in err and err.count("\n") == 1
+    with pytest.raises(ImageDecodeError, match="relative"):
+        open_image_root(archive).read_bytes("../evil.jpg")
+
+
 def test_bn_fold_keeps_outputs_and_removes_batchnorm():
     bb = tiny_backbone()
     x = torch.randn(4, 3, 48, 48)
