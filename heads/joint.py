@@ -121,67 +121,12 @@ class JointMLPHead(BaseEstimator):
         }
         if n_aux:
             t["yl"] = torch.from_numpy(np.where(ml[:, None], yl, 0.0).astype(np.float32))
-        aux_w = float(self.aux_weight)
-        we_t = None if we is None else torch.tensor(we, dtype=torch.float32)
-        w1_t, w0_t = torch.tensor(w1, dtype=torch.float32), torch.tensor(w0, dtype=torch.float32)
-        ls, gamma = float(self.label_smoothing), float(self.focal_gamma)
-
-        def loss_fn(out, idx):
-            oe, ov, oa = out[:3]
-            total = oe.new_zeros(())
-            m = t["ml"][idx]
-            if n_aux and m.any():  # auxiliary landmark regression, rows with landmarks only
-                total = total + aux_w * losses.mse(out[3][m], t["yl"][idx][m])
-            m = t["me"][idx]
-            if m.any():
-                total = total + tw["expr"] * losses.cross_entropy(oe[m], t["ye"][idx][m], weight=we_t,
-                                                                  label_smoothing=ls)
-            m = t["mv"][idx]
-            if m.sum() > 1:
-                f = losses.ccc_loss if self.va_loss == "ccc" else losses.mse
-                total = total + tw["va"] * f(ov[m], t["yv"][idx][m])
-            m = t["ma"][idx]
-            if m.any():
-                if self.au_loss == "focal":
-                    la = losses.focal_binary(oa[m], t["ya"][idx][m], gamma=gamma)
-                elif self.au_loss == "bce":
-                    la = losses.weighted_bce(oa[m], t["ya"][idx][m])
-                else:
-                    la = losses.weighted_bce(oa[m], t["ya"][idx][m], w1=w1_t, w0=w0_t)
-                total = total + tw["au"] * la
-            return total
-
-        def mixed_loss_fn(out, a, b, lam):
-            """Mix-up (heads.mixup): a task's mixed loss only over pairs where both rows have its label."""
-            oe, ov, oa = out[:3]
-            total, any_pair = oe.new_zeros(()), False
-            m = t["ml"][a] & t["ml"][b]
-            if n_aux and m.any():
-                total = total + aux_w * losses.mse(out[3][m], mixed_targets("regression", t["yl"], a[m], b[m], lam,
-                                                                            n_aux))
-                any_pair = True
-            m = t["me"][a] & t["me"][b]
-            if m.any():
-                target = mixed_targets("multiclass", t["ye"], a[m], b[m], lam, self.n_classes)
-                total = total + tw["expr"] * losses.cross_entropy(oe[m], target, weight=we_t, label_smoothing=ls)
-                any_pair = True
-            m = t["mv"][a] & t["mv"][b]
-            if m.sum() > 1:
-                f = losses.ccc_loss if self.va_loss == "ccc" else losses.mse
-                total = total + tw["va"] * f(ov[m], mixed_targets("regression", t["yv"], a[m], b[m], lam, 2))
-                any_pair = True
-            m = t["ma"][a] & t["ma"][b]
-            if m.any():
-                target = mixed_targets("multilabel", t["ya"], a[m], b[m], lam, k_au)
-                if self.au_loss == "focal":
-                    la = losses.focal_binary(oa[m], target, gamma=gamma)
-                elif self.au_loss == "bce":
-                    la = losses.weighted_bce(oa[m], target)
-                else:
-                    la = losses.weighted_bce(oa[m], target, w1=w1_t, w0=w0_t)
-                total = total + tw["au"] * la
-                any_pair = True
-            return total if any_pair else None
+        joint_loss = _JointLoss(
+            t, tasks={"expr": tw["expr"], "va": tw["va"], "au": tw["au"], "landmarks": float(self.aux_weight)},
+            n_classes=self.n_classes, k_au=k_au, n_aux=n_aux, va_loss=self.va_loss, au_loss=self.au_loss,
+            class_weight=None if we is None else torch.tensor(we, dtype=torch.float32),
+            au_weights=(torch.tensor(w1, dtype=torch.float32), torch.tensor(w0, dtype=torch.float32)),
+            label_smoothing=float(self.label_smoothing), focal_gamma=float(self.focal_gamma))
 
         Xt = as_feature_tensor(X)
         with seeded(int(rng.integers(2**31)), self.n_threads):
@@ -190,11 +135,11 @@ class JointMLPHead(BaseEstimator):
             mean, inv_std = feature_stats(Xt, rows_t)
             net.set_standardization(mean, inv_std)
             history = train(
-                net, Xt, rows_t, loss_fn, epochs=int(self.epochs), batch_size=int(self.batch_size),
+                net, Xt, rows_t, joint_loss.plain, epochs=int(self.epochs), batch_size=int(self.batch_size),
                 learning_rate=float(self.learning_rate), l2=float(self.l2),
                 held_rows=None if held is None else torch.from_numpy(held),
                 n_iter_no_change=int(self.n_iter_no_change), verbose=self.verbose, desc="JointMLPHead",
-                mixup=self.mixup, mixed_loss_fn=mixed_loss_fn if self.mixup else None,
+                mixup=self.mixup, mixed_loss_fn=joint_loss.mixed if self.mixup else None,
             )
         self.network_ = net
         self.n_features_in_ = X.shape[1]
@@ -244,3 +189,57 @@ class JointMLPHead(BaseEstimator):
         net.eval()
         self.network_ = net
 
+
+class _JointLoss:
+    """The joint head's loss: the weighted sum of the task losses over the rows that have each label.
+
+    `plain(out, idx)` scores rows `idx`; `mixed(out, a, b, lam)` scores Mix-up pairs (heads.mixup), a task
+    only over the pairs where both rows have its label (None when no pair has any)."""
+
+    # task -> (output index, mask key, target key, mixup kind)
+    TASKS = {"landmarks": (3, "ml", "yl", "regression"), "expr": (0, "me", "ye", "multiclass"),
+             "va": (1, "mv", "yv", "regression"), "au": (2, "ma", "ya", "multilabel")}
+
+    def __init__(self, tensors, *, tasks, n_classes, k_au, n_aux, va_loss, au_loss, class_weight, au_weights,
+                 label_smoothing, focal_gamma):
+        self.t, self.weights = tensors, tasks
+        self.width = {"landmarks": n_aux, "expr": n_classes, "va": 2, "au": k_au}
+        self.n_aux, self.va_loss, self.au_loss = n_aux, va_loss, au_loss
+        self.class_weight, (self.w1, self.w0) = class_weight, au_weights
+        self.label_smoothing, self.focal_gamma = label_smoothing, focal_gamma
+
+    def task_loss(self, task, out, target):
+        if task == "landmarks":
+            return losses.mse(out, target)
+        if task == "expr":
+            return losses.cross_entropy(out, target, weight=self.class_weight, label_smoothing=self.label_smoothing)
+        if task == "va":
+            return (losses.ccc_loss if self.va_loss == "ccc" else losses.mse)(out, target)
+        if self.au_loss == "focal":
+            return losses.focal_binary(out, target, gamma=self.focal_gamma)
+        if self.au_loss == "bce":
+            return losses.weighted_bce(out, target)
+        return losses.weighted_bce(out, target, w1=self.w1, w0=self.w0)
+
+    def _sum(self, out, select):
+        """select(mask key, target key, kind, width) -> (row mask, targets of the masked rows)."""
+        total, any_term = out[0].new_zeros(()), False
+        for task, (i, mask_key, target_key, kind) in self.TASKS.items():
+            if task == "landmarks" and not self.n_aux:
+                continue
+            m, target = select(mask_key, target_key, kind, self.width[task])
+            if int(m.sum()) > (1 if task == "va" else 0):  # CCC needs two rows
+                total = total + self.weights[task] * self.task_loss(task, out[i][m], target(m))
+                any_term = True
+        return total, any_term
+
+    def plain(self, out, idx):
+        return self._sum(out, lambda mk, yk, kind, width: (self.t[mk][idx], lambda m: self.t[yk][idx][m]))[0]
+
+    def mixed(self, out, a, b, lam):
+        def select(mk, yk, kind, width):
+            m = self.t[mk][a] & self.t[mk][b]
+            return m, lambda m: mixed_targets(kind, self.t[yk], a[m], b[m], lam, width)
+
+        total, any_pair = self._sum(out, select)
+        return total if any_pair else None
