@@ -47,6 +47,7 @@ POINTS = {
                       "commit-closed", "commit-fsynced", "commit-replaced"],
     "blend-apply": ["store-copied", "write-predictions", "commit-closed", "commit-fsynced", "commit-replaced"],
     "openface-ingest": ["store-copied", "create-source", "write-features", "commit-closed", "commit-replaced"],
+    "faces-ingest": ["store-copied", "create-source", "write-features", "commit-closed", "commit-replaced"],
 }
 
 
@@ -138,6 +139,13 @@ class Writers:
         make_frames(work / "img" / "a", [f"{i:05d}.png" for i in range(1, 9)])
         write_sequence_csv(work / "csv" / "a.csv", 8, success=[1, 1, 0, 1, 1, 1, 0, 1])
         of = make_store(work / "of.h5", [f"a/{i:05d}.png" for i in range(1, 9)])
+        self.crops = work / "crops"  # a faces_index.jsonl as `featurize faces` writes it
+        self.crops.mkdir()
+        records = [{"file": "clip.mp4", "key": f"clip/{i:05d}.jpg", "found": i % 3 != 0, "box": [1, 2, 30, 40],
+                    "score": 0.99, "landmarks": [[i, 2 * i]] * 5} for i in range(1, 9)]
+        (self.crops / "faces_index.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in records) + json.dumps({"file": "clip.mp4", "done": True}) + "\n")
+        faces = make_store(work / "faces.h5", [r["key"] for r in records])
         spec = work / "spec.json"
         from blend.spec import FORMAT
 
@@ -147,7 +155,7 @@ class Writers:
         after_a = work / "after_a.h5"
         self.run(self.call("featurize-new", after_a))
         self.before = {"featurize-new": None, "featurize-add": after_a, "heads-predict": preds,
-                       "blend-apply": preds, "openface-ingest": of}
+                       "blend-apply": preds, "openface-ingest": of, "faces-ingest": faces}
         self.reference, self.seconds = {}, {}
         for name, before in self.before.items():
             ref = work / f"ref-{name}.h5"
@@ -201,6 +209,13 @@ class Writers:
                 apply_spec(read_spec(self.spec), store, "val", name="final")
             return fn
 
+        if name == "faces-ingest":
+            def fn():
+                from featurize.faces_ingest import ingest_faces
+
+                ingest_faces(store, self.crops)
+            return fn
+
         def fn():
             from featurize.openface import ingest
 
@@ -242,7 +257,7 @@ def disk_full_trials(w: Writers) -> list[tuple[str, bool, str]]:
         return [("disk-full", False, f"skipped: cannot mount a tmpfs ({res.stderr.strip() or 'not root'})")]
     out = []
     try:
-        for name in ("featurize-add", "heads-predict", "blend-apply", "openface-ingest"):
+        for name in ("featurize-add", "heads-predict", "blend-apply", "openface-ingest", "faces-ingest"):
             for variant in ("free-space check", "ENOSPC inside HDF5"):
                 store = mnt / "s.h5"
                 shutil.copy(w.before[name], store)

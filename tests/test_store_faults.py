@@ -298,6 +298,38 @@ def test_openface_ingest_killed_at(tmp_path, point):
     assert_same(dump(store), dump(ref))
 
 
+@pytest.mark.parametrize("point", ["store-copied", "create-source", "write-features", "commit-replaced"])
+def test_faces_ingest_killed_at(tmp_path, point):
+    """`featurize faces-ingest` (detections -> source `faces`), from a hand-written faces_index.jsonl."""
+    import json
+
+    from openface_fixtures import make_store
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    records = [{"file": "clip.mp4", "key": f"clip/{i:05d}.jpg", "found": i != 2, "box": [1, 2, 30, 40],
+                "score": 0.99, "landmarks": [[i, 2 * i]] * 5} for i in range(1, 5)]
+    (crops / "faces_index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records)
+                                             + json.dumps({"file": "clip.mp4", "done": True}) + "\n")
+    keys = [r["key"] for r in records]
+    ref, store = make_store(tmp_path / "ref.h5", keys), make_store(tmp_path / "s.h5", keys)
+
+    def ingest(path):
+        def fn():
+            from featurize.faces_ingest import ingest_faces
+
+            ingest_faces(path, crops)
+        return fn
+
+    assert_ok(run_child(ingest(ref)))
+    before = dump(store)
+    assert_killed(run_child(ingest(store), kill_at=point), point)
+    assert_sound(store)
+    assert_contains(dump(store), before)
+    assert_ok(run_child(ingest(store)))
+    assert_same(dump(store), dump(ref))
+
+
 # ---------------------------------------------------------------------- readers, queued writers, shards
 READER = """
 import sys, time
