@@ -269,7 +269,7 @@ class _TemporalHead(BaseEstimator):
                 count += len(wb)
             history["loss_curve"].append(total / max(count, 1))
             history["n_epochs"] = epoch + 1
-            bar.set_postfix(loss=f"{history['loss_curve'][-1]:.4f}")
+            bar.set_postfix(loss=f"{history['loss_curve'][-1]:.4f}", refresh=False)
         net.eval()
         return history
 

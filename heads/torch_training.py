@@ -228,7 +228,7 @@ def train(model: nn.Module, X: torch.Tensor, train_rows: torch.Tensor, loss_fn, 
                 model.eval()
                 val = float(loss_fn(forward_chunks(model, X, held_rows), held_rows))
             history["validation_curve"].append(val)
-            bar.set_postfix(loss=f"{history['loss_curve'][-1]:.4f}", held_out=f"{val:.4f}")
+            bar.set_postfix(loss=f"{history['loss_curve'][-1]:.4f}", held_out=f"{val:.4f}", refresh=False)
             if best == math.inf or val < best - _MIN_IMPROVEMENT * abs(best):
                 best, stale = val, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -238,7 +238,7 @@ def train(model: nn.Module, X: torch.Tensor, train_rows: torch.Tensor, loss_fn, 
                 if stale >= n_iter_no_change:
                     break
         else:
-            bar.set_postfix(loss=f"{history['loss_curve'][-1]:.4f}")
+            bar.set_postfix(loss=f"{history['loss_curve'][-1]:.4f}", refresh=False)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
