@@ -63,13 +63,6 @@ def format_table(res: dict) -> str:
 def run_demo(out, *, seed: int = 0, backbone: str = DEFAULT_BACKBONE, weights=None, trials: int = 60,
              sizes=None, lsd_counts=None, cv: int = 5, progress: bool = True, echo=print) -> dict:
     """Run the demo into folder `out`; returns the numbers of the closing table and the paths written."""
-    from blend.apply import apply_spec
-    from blend.spec import write_spec
-    from blend.submission import write_submission
-    from blend.tune import tune
-    from heads.fitting import fit_lsd, fit_mtl
-
-    from featurize.pipeline import run_featurize
     from featurize.synthetic import write_dataset, write_lsd_dataset
 
     t0 = time.perf_counter()
@@ -82,6 +75,42 @@ def run_demo(out, *, seed: int = 0, backbone: str = DEFAULT_BACKBONE, weights=No
                                                                      "val_counts": lsd_counts[1]}))
     backbone, weights, random_init = _pick_backbone(backbone, weights, echo)
     store, lsd_store = out / "store.h5", out / "lsd.h5"
+    _featurize(files, lsd_files, store, lsd_store, backbone, weights, random_init, progress, echo)
+    echo(f"[3/6] heads fit mtl and heads fit lsd, --recipe {' / '.join(RECIPES)}")
+    metrics, lsd_metrics = _fit_heads(store, lsd_store, out, seed)
+    echo(f"[4/6] blend tune --task mtl --runs {','.join(RECIPES)} --cv {cv} --trials {trials}")
+    blend = dict(trials=trials, cv=cv, seed=seed, progress=progress)
+    spec_path, lsd_spec_path = out / "blend.json", out / "lsd_blend.json"
+    result = _tune(store, list(RECIPES), "mtl", spec_path, **blend)
+    lsd_inputs = _lsd_inputs(lsd_store, backbone)
+    lsd_result = _tune(lsd_store, lsd_inputs, "lsd", lsd_spec_path, **blend)
+
+    echo("[5/6] blend apply --split test; blend submit --format abaw4-mtl")
+    from blend.apply import apply_spec
+    from blend.submission import write_submission
+
+    apply_spec(result.spec, store, "test", name="final", spec_source=str(spec_path))
+    submission, _ = write_submission("abaw4-mtl", store, "final", "test", files["test"], out / "submission.csv")
+
+    echo("[6/6] metrics")
+    lsd = {f"heads lsd {r}": m for r, m in lsd_metrics.items()}
+    for key, label in (("in_sample", "in-sample"), ("out_of_fold", "out-of-fold")):
+        lsd[f"blend, {label}"] = lsd_result.spec.scores[key]
+    res = {
+        "store": store, "lsd_store": lsd_store, "spec": spec_path, "submission": submission,
+        "metrics": metrics, "blend": result.spec.scores, "blend_cv": cv, "lsd": lsd,
+        "rows": _val_rows(store, lsd_store), "lsd_inputs": lsd_inputs, "backbone": backbone,
+        "random_init": random_init,
+    }
+    res["table"] = format_table(res)
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+def _featurize(files, lsd_files, store, lsd_store, backbone, weights, random_init, progress, echo) -> None:
+    """[2/6]: the MTL splits into `store`, the LSD class folders into `lsd_store`."""
+    from featurize.pipeline import run_featurize
+
     note = "  (RANDOM-INIT backbone)" if random_init else ""
     echo(f"[2/6] featurize run --backbone {backbone} -> {store}, {lsd_store}{note}")
     common = dict(backbone=backbone, weights=weights, progress=progress)
@@ -94,53 +123,46 @@ def run_demo(out, *, seed: int = 0, backbone: str = DEFAULT_BACKBONE, weights=No
                                 store=lsd_store, **common)
         echo(f"      {summary}")
 
-    echo(f"[3/6] heads fit mtl and heads fit lsd, --recipe {' / '.join(RECIPES)}")
-    metrics = {}
-    for recipe in RECIPES:
-        metrics[recipe] = fit_mtl(store, recipe, out=out / "runs" / recipe, train="train", eval="val", seed=seed,
-                                  name=recipe, overwrite=True)
-    lsd_metrics = {}
-    for recipe in RECIPES:
-        lsd_metrics[recipe] = fit_lsd(lsd_store, recipe, out=out / "runs" / f"lsd_{recipe}", train="train",
-                                      eval="val", seed=seed, name=f"lsd_{recipe}", overwrite=True)
 
-    echo(f"[4/6] blend tune --task mtl --runs {','.join(RECIPES)} --cv {cv} --trials {trials}")
-    spec_path = out / "blend.json"
-    result = tune(store, list(RECIPES), "mtl", "val", trials=trials, cv=cv, seed=seed, spec_path=spec_path,
-                  progress=progress)
-    write_spec(result.spec, spec_path)
-    lsd_inputs = [f"lsd_{r}" for r in RECIPES] + [f"logits:{backbone}"]
+def _fit_heads(store, lsd_store, out: Path, seed: int) -> tuple[dict, dict]:
+    """[3/6]: every recipe of RECIPES on both stores -> ({recipe: MTL metrics}, {recipe: LSD metrics})."""
+    from heads.fitting import fit_lsd, fit_mtl
+
+    metrics = {r: fit_mtl(store, r, out=out / "runs" / r, train="train", eval="val", seed=seed, name=r,
+                          overwrite=True) for r in RECIPES}
+    lsd_metrics = {r: fit_lsd(lsd_store, r, out=out / "runs" / f"lsd_{r}", train="train", eval="val", seed=seed,
+                              name=f"lsd_{r}", overwrite=True) for r in RECIPES}
+    return metrics, lsd_metrics
+
+
+def _lsd_inputs(lsd_store, backbone: str) -> list[str]:
+    """The LSD heads' runs, and the backbone's logits where they map onto the LSD classes."""
     from blend.inputs import input_tasks
     from store import FeatureStore
 
+    names = [f"lsd_{r}" for r in RECIPES] + [f"logits:{backbone}"]
     with FeatureStore.open(lsd_store) as st:
-        lsd_inputs = [n for n in lsd_inputs if "lsd" in input_tasks(st, n)]
-    lsd_spec_path = out / "lsd_blend.json"
-    lsd_result = tune(lsd_store, lsd_inputs, "lsd", "val", trials=trials, cv=cv, seed=seed,
-                      spec_path=lsd_spec_path, progress=progress)
-    write_spec(lsd_result.spec, lsd_spec_path)
+        return [n for n in names if "lsd" in input_tasks(st, n)]
 
-    echo("[5/6] blend apply --split test; blend submit --format abaw4-mtl")
-    apply_spec(result.spec, store, "test", name="final", spec_source=str(spec_path))
-    submission, _ = write_submission("abaw4-mtl", store, "final", "test", files["test"], out / "submission.csv")
 
-    echo("[6/6] metrics")
+def _tune(store, inputs, task: str, spec_path: Path, **blend):
+    """[4/6]: a blend study (grouped CV on val) whose spec is written to `spec_path`."""
+    from blend.spec import write_spec
+    from blend.tune import tune
+
+    result = tune(store, inputs, task, "val", spec_path=spec_path, **blend)
+    write_spec(result.spec, spec_path)
+    return result
+
+
+def _val_rows(store, lsd_store) -> dict:
+    from store import FeatureStore
+
     with FeatureStore.open(store) as st:
         rows = {"val": len(st.rows("val"))}
     with FeatureStore.open(lsd_store) as st:
         rows["lsd_val"] = len(st.rows("val"))
-    lsd = {f"heads lsd {r}": m for r, m in lsd_metrics.items()}
-    for key, label in (("in_sample", "in-sample"), ("out_of_fold", "out-of-fold")):
-        lsd[f"blend, {label}"] = lsd_result.spec.scores[key]
-    res = {
-        "store": store, "lsd_store": lsd_store, "spec": spec_path, "submission": submission,
-        "metrics": metrics, "blend": result.spec.scores, "blend_cv": cv, "lsd": lsd, "rows": rows,
-        "lsd_inputs": lsd_inputs,
-        "backbone": backbone, "random_init": random_init,
-    }
-    res["table"] = format_table(res)
-    res["seconds"] = time.perf_counter() - t0
-    return res
+    return rows
 
 
 @click.command("demo")
