@@ -128,44 +128,9 @@ def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="v
         plans = [Plan(key, fill_backbone(e["features"], backbone, source, f"{key}.features"), e["head"],
                       dict(e.get("params", {}))) for key, e in entries]
         if keep_members:  # checked before fitting anything
-            n_members = [p.params["bagging"].get("estimators", 5) for p in plans if "bagging" in p.params]
-            if not n_members:
-                raise UserError(f"--keep-members: no head of {source} is bagged (add \"bagging\" to its params, "
-                                "see recipe 'bagging')")
-            taken = [f"{name}.m{i}" for i in range(max(n_members)) if f"{name}.m{i}" in st.runs()]
-            if taken and not overwrite:
-                raise UserError(f"{st.path}: predictions {taken[0]!r} exist already; choose another --run "
-                                f"or pass --overwrite")
-        sources = {}
-        for plan in plans:
-            try:
-                for src, _ in st.parse_feature_spec(plan.features):
-                    sources[src] = st.source_info(src).get("identity", {})
-            except UserError as e:
-                raise RecipeError(f"{source}: {plan.key}.features {plan.features!r}: {e}") from None
-        fitted, info = [], {}
-        bar = tqdm(plans, desc="fit", unit="head", disable=not progress)
-        for plan in bar:
-            bar.set_postfix_str(f"{plan.key} ({plan.head})")
-            context = {}
-            if is_temporal(plan):  # all rows of the training videos, with frame numbers (heads.temporal)
-                X, Y, groups, context["frames"] = temporal_training_data(st, plan, train_rows)
-            else:
-                X, Y, groups = _training_data(st, plan, train_rows, source, aux)
-            try:
-                head = make_head(plan.head, plan.kind, plan.params, n_classes=plan.n_classes, seed=seed)
-                if "verbose" in head.get_params():
-                    head.set_params(verbose=progress)
-                t0, c0 = time.perf_counter(), time.process_time()
-                head.fit(X, Y, groups=groups, **context)
-            except ValueError as e:
-                raise RecipeError(f"{source}: {plan.key}: {e}") from None
-            info[plan.key] = {"features": plan.features, "head": plan.head, "class": type(head).__name__,
-                              "n_features": int(X.shape[1]), "n_train_rows": int(len(X)),
-                              "fit_seconds": round(time.perf_counter() - t0, 3),
-                              "fit_cpu_seconds": round(time.process_time() - c0, 3)}
-            fitted.append((plan, head))
-            del X, Y
+            _check_members(st, plans, name, source, overwrite)
+        sources = _source_identities(st, plans, source)
+        fitted, info = _fit_plans(st, plans, train_rows, source=source, aux=aux, seed=seed, progress=progress)
         rows = st.rows()
         preds = predict_rows(st, fitted, rows, progress=progress)
         member_preds = _member_predictions(st, fitted, rows, name, progress) if keep_members else {}
@@ -186,20 +151,70 @@ def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="v
         "seconds": round(time.perf_counter() - t_start, 2),
     }
     write_run(out, run_doc, resolved, metrics, fitted, overwrite=overwrite)
+    run_attrs = {"recipe": json.dumps(resolved), "train": train, "eval": eval, "command": command, "seed": seed,
+                 "joint": int(joint), "run_folder": str(out.resolve())}
+    head_attrs = {t: {"head": p.head, "features": p.features} for p, _ in fitted for t in p.tasks}
     try:
-        write_predictions(store, name, preds, rows, run_attrs={
-            "recipe": json.dumps(resolved), "train": train, "eval": eval, "command": command, "seed": seed,
-            "joint": int(joint), "run_folder": str(out.resolve()),
-        }, head_attrs={t: {"head": p.head, "features": p.features} for p, _ in fitted for t in p.tasks})
+        write_predictions(store, name, preds, rows, run_attrs=run_attrs, head_attrs=head_attrs)
         for member, mpreds in member_preds.items():
-            write_predictions(store, member, mpreds, rows, run_attrs={
-                "recipe": json.dumps(resolved), "train": train, "eval": eval, "command": command, "seed": seed,
-                "joint": int(joint), "run_folder": str(out.resolve()), "bag_of": name,
-            }, head_attrs={t: {"head": p.head, "features": p.features} for p, _ in fitted for t in p.tasks})
+            write_predictions(store, member, mpreds, rows, run_attrs={**run_attrs, "bag_of": name},
+                              head_attrs=head_attrs)
     except UserError as e:  # e.g. another process holds the store's writer lock
         raise UserError(f"{e}; the run folder {out} is complete: write its predictions later with "
                         f"`heads predict --heads {out} --store {store} --run {name}`") from None
     return metrics
+
+
+def _check_members(st, plans, name: str, source: str, overwrite: bool) -> None:
+    """--keep-members: some head is bagged, and its members' runs may be written."""
+    n_members = [p.params["bagging"].get("estimators", 5) for p in plans if "bagging" in p.params]
+    if not n_members:
+        raise UserError(f"--keep-members: no head of {source} is bagged (add \"bagging\" to its params, "
+                        "see recipe 'bagging')")
+    taken = [f"{name}.m{i}" for i in range(max(n_members)) if f"{name}.m{i}" in st.runs()]
+    if taken and not overwrite:
+        raise UserError(f"{st.path}: predictions {taken[0]!r} exist already; choose another --run "
+                        f"or pass --overwrite")
+
+
+def _source_identities(st, plans, source: str) -> dict:
+    """{feature source: its identity} of every source the plans read (a bad feature spec: RecipeError)."""
+    sources = {}
+    for plan in plans:
+        try:
+            for src, _ in st.parse_feature_spec(plan.features):
+                sources[src] = st.source_info(src).get("identity", {})
+        except UserError as e:
+            raise RecipeError(f"{source}: {plan.key}.features {plan.features!r}: {e}") from None
+    return sources
+
+
+def _fit_plans(st, plans, train_rows, *, source: str, aux, seed: int, progress: bool) -> tuple[list, dict]:
+    """Fit every plan's head on the training rows -> ([(plan, fitted head)], {key: what run.json records})."""
+    fitted, info = [], {}
+    bar = tqdm(plans, desc="fit", unit="head", disable=not progress)
+    for plan in bar:
+        bar.set_postfix_str(f"{plan.key} ({plan.head})")
+        context = {}
+        if is_temporal(plan):  # all rows of the training videos, with frame numbers (heads.temporal)
+            X, Y, groups, context["frames"] = temporal_training_data(st, plan, train_rows)
+        else:
+            X, Y, groups = _training_data(st, plan, train_rows, source, aux)
+        try:
+            head = make_head(plan.head, plan.kind, plan.params, n_classes=plan.n_classes, seed=seed)
+            if "verbose" in head.get_params():
+                head.set_params(verbose=progress)
+            t0, c0 = time.perf_counter(), time.process_time()
+            head.fit(X, Y, groups=groups, **context)
+        except ValueError as e:
+            raise RecipeError(f"{source}: {plan.key}: {e}") from None
+        info[plan.key] = {"features": plan.features, "head": plan.head, "class": type(head).__name__,
+                          "n_features": int(X.shape[1]), "n_train_rows": int(len(X)),
+                          "fit_seconds": round(time.perf_counter() - t0, 3),
+                          "fit_cpu_seconds": round(time.process_time() - c0, 3)}
+        fitted.append((plan, head))
+        del X, Y
+    return fitted, info
 
 
 def _member_predictions(st, fitted: list, rows: np.ndarray, name: str, progress: bool) -> dict:
