@@ -214,37 +214,19 @@ def featurize_samples(
     retry_invalid: recompute rows recorded invalid (2) as well as missing ones.
     wait: seconds to wait for the writer lock (None: FEATHEADS_STORE_WAIT or 300 s).
     """
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from .inference import BatchRunner, check_precision, describe_device, pick_device
+    from .inference import describe_device
 
     store = os.fspath(store)
     spec = backbone.spec
     source = source_name or spec.name
-    device = pick_device(config.gpu)
-    if device.type == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():  # torchrun: one GPU per process
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    check_precision(config.precision, device)
+    device = _run_device(config)
     if config.batch_size < 1:
         raise UserError(f"--batch-size {config.batch_size}: must be at least 1")
     identity = source_identity(backbone, config.precision)
     device_name = describe_device(device)
     journal = Journal(store, source, identity)
-
-    with FeatureStore.open(store, "a", wait=wait) as st:
-        all_rows = st.add_samples([s.key for s in samples], split=split, **sample_columns(samples))
-        st.create_source(
-            source, identity=identity,
-            arrays={"embeddings": (spec.embedding_dim, None), "logits": (len(spec.logit_names), spec.logit_names)},
-            provenance=_provenance(backbone, config, device_name),
-        )
-        merged = journal.merge_into(st)
-        st.commit()
-        journal.remove(merged)
-        status = st.source_status(source, all_rows)
+    all_rows, status = _register(store, samples, split, source, identity, spec,
+                                 _provenance(backbone, config, device_name), journal, wait)
     if shard is not None:
         mine = shard_rows(samples, *shard)
         samples = [samples[i] for i in mine]
@@ -257,49 +239,9 @@ def featurize_samples(
     examples: list[tuple[str, str]] = []
     seconds = 0.0
     if len(todo):
-        runner = BatchRunner(backbone.model, spec, device=device, precision=config.precision)
         start = time.perf_counter()
-        dataset = PixelDataset(root, [samples[i].image for i in todo], size=spec.input_size,
-                               grayscale=spec.grayscale, interpolation=spec.interpolation)
-        workers = default_workers(device.type) if config.workers is None else config.workers
-        loader = DataLoader(
-            dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
-            collate_fn=collate_pixels, pin_memory=device.type == "cuda",
-            prefetch_factor=4 if workers > 0 else None,
-        )
-        pending = _PendingParts(journal, config)
-        bar = tqdm(total=len(todo), unit="img", desc=f"featurize {source}", disable=not config.progress,
-                   dynamic_ncols=True, smoothing=0.05)
-        try:
-            for index, pixels, errors in loader:
-                keys = [samples[todo[i]].key for i in index]
-                ok = np.array([not e for e in errors])
-                if config.strict and not ok.all():
-                    i = int(np.flatnonzero(~ok)[0])
-                    image = samples[todo[index[i]]].image
-                    raise UserError(f"{root.describe(image)}: {errors[i]} (--strict)")
-                emb = np.full((len(keys), spec.embedding_dim), np.nan, np.float32)
-                logits = np.full((len(keys), len(spec.logit_names)), np.nan, np.float32)
-                if ok.any():
-                    batch = pixels if ok.all() else pixels[torch.from_numpy(ok)]
-                    emb[ok], logits[ok] = runner(batch)
-                finite = np.isfinite(emb).all(axis=1) & np.isfinite(logits).all(axis=1)
-                for i in np.flatnonzero(ok & ~finite):
-                    errors[i] = "the backbone gave non-finite features"
-                status = np.where(ok & finite, STATUS_OK, STATUS_INVALID).astype(np.int8)
-                for i in np.flatnonzero(status != STATUS_OK):
-                    if len(examples) < 10:
-                        examples.append((keys[i], errors[i]))
-                pending.add(keys, emb, logits, status)
-                bar.update(len(keys))
-        except UserError:  # --strict: keep what is finished in the store, then stop
-            bar.close()
-            pending.flush()
-            _merge(store, journal, rows, wait)
-            raise
-        finally:
-            bar.close()
-            pending.flush()  # finished batches survive Ctrl-C (merged by the next run)
+        examples = _compute(samples, todo, root=root, backbone=backbone, device=device, config=config,
+                            journal=journal, source=source, merge=lambda: _merge(store, journal, rows, wait))
         seconds = time.perf_counter() - start
         status = _merge(store, journal, rows, wait)
 
@@ -308,6 +250,91 @@ def featurize_samples(
         invalid=int((status == STATUS_INVALID).sum()), skipped=len(samples) - len(todo), computed=len(todo),
         seconds=seconds, device=device_name, invalid_examples=examples,
     )
+
+
+def _run_device(config: FeaturizeConfig):
+    """The device of this run: the CPU, or the GPU (torchrun's LOCAL_RANK picks one per process)."""
+    import torch
+
+    from .inference import check_precision, pick_device
+
+    device = pick_device(config.gpu)
+    if device.type == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():  # torchrun: one GPU per process
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    check_precision(config.precision, device)
+    return device
+
+
+def _register(store, samples, split, source, identity, spec, provenance, journal, wait):
+    """Add the rows and the source (merging parts an interrupted run left) -> (rows, their status)."""
+    with FeatureStore.open(store, "a", wait=wait) as st:
+        all_rows = st.add_samples([s.key for s in samples], split=split, **sample_columns(samples))
+        st.create_source(
+            source, identity=identity,
+            arrays={"embeddings": (spec.embedding_dim, None), "logits": (len(spec.logit_names), spec.logit_names)},
+            provenance=provenance,
+        )
+        merged = journal.merge_into(st)
+        st.commit()
+        journal.remove(merged)
+        return all_rows, st.source_status(source, all_rows)
+
+
+def _compute(samples, todo, *, root, backbone, device, config, journal, source, merge) -> list[tuple[str, str]]:
+    """Run the backbone over the `todo` rows, batch by batch into journal parts; returns up to ten
+    (key, reason) of invalid rows. --strict: the first bad image merges what is finished and stops."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from .inference import BatchRunner
+
+    spec = backbone.spec
+    runner = BatchRunner(backbone.model, spec, device=device, precision=config.precision)
+    dataset = PixelDataset(root, [samples[i].image for i in todo], size=spec.input_size,
+                           grayscale=spec.grayscale, interpolation=spec.interpolation)
+    workers = default_workers(device.type) if config.workers is None else config.workers
+    loader = DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
+        collate_fn=collate_pixels, pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    examples: list[tuple[str, str]] = []
+    pending = _PendingParts(journal, config)
+    bar = tqdm(total=len(todo), unit="img", desc=f"featurize {source}", disable=not config.progress,
+               dynamic_ncols=True, smoothing=0.05)
+    try:
+        for index, pixels, errors in loader:
+            keys = [samples[todo[i]].key for i in index]
+            ok = np.array([not e for e in errors])
+            if config.strict and not ok.all():
+                i = int(np.flatnonzero(~ok)[0])
+                image = samples[todo[index[i]]].image
+                raise UserError(f"{root.describe(image)}: {errors[i]} (--strict)")
+            emb = np.full((len(keys), spec.embedding_dim), np.nan, np.float32)
+            logits = np.full((len(keys), len(spec.logit_names)), np.nan, np.float32)
+            if ok.any():
+                batch = pixels if ok.all() else pixels[torch.from_numpy(ok)]
+                emb[ok], logits[ok] = runner(batch)
+            finite = np.isfinite(emb).all(axis=1) & np.isfinite(logits).all(axis=1)
+            for i in np.flatnonzero(ok & ~finite):
+                errors[i] = "the backbone gave non-finite features"
+            status = np.where(ok & finite, STATUS_OK, STATUS_INVALID).astype(np.int8)
+            for i in np.flatnonzero(status != STATUS_OK):
+                if len(examples) < 10:
+                    examples.append((keys[i], errors[i]))
+            pending.add(keys, emb, logits, status)
+            bar.update(len(keys))
+    except UserError:  # --strict: keep what is finished in the store, then stop
+        bar.close()
+        pending.flush()
+        merge()
+        raise
+    finally:
+        bar.close()
+        pending.flush()  # finished batches survive Ctrl-C (merged by the next run)
+    return examples
 
 
 def read_samples(source: str, *, annotations=None, root=None, task: str | None = None) -> list[Sample]:
