@@ -273,15 +273,8 @@ def tune(
     """
     from tqdm import tqdm
 
-    if trials < 1:
-        raise UserError(f"--trials {trials}: need at least 1 trial")
-    if objective not in OBJECTIVES:
-        raise UserError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
-    if objective == "abaw2" and task != "expr":
-        raise UserError(f"--objective abaw2 is the ABAW2 expression score: use it with --task expr, not {task}")
+    _check_options(trials, objective, task, cv)
     score = None if objective == "challenge" else objective
-    if cv < 0 or cv == 1:
-        raise UserError(f"--cv {cv}: use 0 (in-sample only) or 2 folds and more")
     tasks = task_list(task)
     with FeatureStore.open(store_path, "r") as st:
         data = BlendData.load(st, inputs, task, split, max_delta=max_delta)
@@ -301,26 +294,10 @@ def tune(
     if score:  # a study tuned for another objective is not continued
         config["objective"] = score
 
-    if cv:
-        temporal = data.temporal
-        groups = data.videos if temporal else np.arange(len(data.rows))
-        fold_of_row = grouped_folds(groups, cv, seed)
-        group_by = "video" if temporal else "row"
-
-    plans = []  # (study, positions it tunes on, held-out positions or None)
+    group_by = "video" if data.temporal else "row"
     with _quiet_optuna():
-        for k in range(cv):
-            train = {t: data.scored[t][fold_of_row[data.scored[t]] != k] for t in tasks}
-            held = {t: data.scored[t][fold_of_row[data.scored[t]] == k] for t in tasks}
-            for t in tasks:
-                if len(train[t]) == 0:
-                    raise UserError(f"--cv {cv}: fold {k + 1} leaves no labelled {t!r} rows to tune on; "
-                                    "use fewer folds")
-            name = f"{base}-fold{k + 1}of{cv}"
-            study = _open_study(storage_obj, storage_label, name, {**config, "fold": k + 1}, seed + k + 1)
-            plans.append((study, train, held))
-        final = _open_study(storage_obj, storage_label, base, config, seed)
-        plans.append((final, data.scored, None))
+        plans = _study_plans(data, tasks, cv, seed, base, config, storage_obj, storage_label)
+        final = plans[-1][0]
 
         total = sum(max(0, trials - _finished(s)) for s, _, _ in plans)
         with tqdm(total=total, desc="blend tune", unit="trial", disable=not progress or total == 0) as bar:
@@ -351,6 +328,38 @@ def tune(
         store=store_abs,
     )
     return TuneResult(spec=spec, study=final, fold_studies=[p[0] for p in plans[:-1]], data=data)
+
+
+def _check_options(trials: int, objective: str, task: str, cv: int) -> None:
+    if trials < 1:
+        raise UserError(f"--trials {trials}: need at least 1 trial")
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    if objective == "abaw2" and task != "expr":
+        raise UserError(f"--objective abaw2 is the ABAW2 expression score: use it with --task expr, not {task}")
+    if cv < 0 or cv == 1:
+        raise UserError(f"--cv {cv}: use 0 (in-sample only) or 2 folds and more")
+
+
+def _study_plans(data, tasks, cv: int, seed: int, base: str, config: dict, storage_obj, storage_label) -> list:
+    """[(study, positions it tunes on, held-out positions or None)]: one study per fold (videos dealt into
+    `cv` folds), then the final study on every scored row."""
+    plans = []
+    if cv:
+        groups = data.videos if data.temporal else np.arange(len(data.rows))
+        fold_of_row = grouped_folds(groups, cv, seed)
+    for k in range(cv):
+        train = {t: data.scored[t][fold_of_row[data.scored[t]] != k] for t in tasks}
+        held = {t: data.scored[t][fold_of_row[data.scored[t]] == k] for t in tasks}
+        for t in tasks:
+            if len(train[t]) == 0:
+                raise UserError(f"--cv {cv}: fold {k + 1} leaves no labelled {t!r} rows to tune on; "
+                                "use fewer folds")
+        name = f"{base}-fold{k + 1}of{cv}"
+        study = _open_study(storage_obj, storage_label, name, {**config, "fold": k + 1}, seed + k + 1)
+        plans.append((study, train, held))
+    plans.append((_open_study(storage_obj, storage_label, base, config, seed), data.scored, None))
+    return plans
 
 
 def _out_of_fold(data: BlendData, task: str, fold_plans: list, score: str | None = None) -> tuple[dict, list]:
