@@ -154,8 +154,43 @@ def tune_heads(store, recipe, task: str, *, train: str = "train", cv: int = 5, t
                seed: int = 0, backbone: str | None = None, out=None, progress: bool = False) -> dict:
     """Run (or continue) one study per task; return the tuned recipe (written to `out` when given)."""
     import optuna
-    from tqdm.auto import tqdm
 
+    _check_options(task, cv, trials, groups)
+    doc, source = load_recipe(recipe)
+    tasks = TUNE_TASKS[task]
+    _check_recipe(doc, source, tasks)
+    default_storage = None if out is None else Path(out).with_name(Path(out).stem + ".optuna.db")
+    storage_obj, storage_label = resolve_storage(storage, default_storage)
+    recipe_name = doc.get("name", Path(source).stem)
+    base = study_name or f"heads-{recipe_name}-{train}"
+    datas, store_abs = _load_tasks(store, doc, source, tasks, train, groups, cv, seed, backbone)
+
+    old_verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(logging.WARNING)
+    tuned = copy.deepcopy(doc)
+    tuned["name"] = f"{recipe_name}-tuned"
+    tuned["description"] = (f"{recipe_name} with hyperparameters tuned by `heads tune` ({cv}-fold CV grouped by "
+                            f"{groups} on split {train!r} only). " + doc.get("description", ""))
+    tuning = {}
+    try:
+        for t, data in datas.items():
+            config = {"task": t, "train": train, "head": data.plan.head, "features": data.plan.features,
+                      "base_params": data.plan.params, "cv": int(cv), "groups": groups, "seed": int(seed),
+                      "fingerprint": _fingerprint(data.X, data.y, data.groups)}
+            params, tuning[t] = _run_study(data, f"{base}-{t}", config, storage_obj, storage_label, trials=trials,
+                                           seed=seed, source=source, progress=progress)
+            tuned["tasks"][t] = {"features": doc["tasks"][t]["features"], "head": data.plan.head,
+                                 "params": json.loads(json.dumps(params))}
+    finally:
+        optuna.logging.set_verbosity(old_verbosity)
+    tuned["tuning"] = {"recipe": source, "store": store_abs, "tasks": tuning, "toolkit_version": toolkit_version(),
+                       "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    if out is not None:
+        _write_json(out, tuned)
+    return tuned
+
+
+def _check_options(task: str, cv: int, trials: int, groups: str) -> None:
     if task not in TUNE_TASKS:
         raise UserError(f"--task {task!r}: choose one of {', '.join(TUNE_TASKS)}")
     if cv < 2:
@@ -164,8 +199,10 @@ def tune_heads(store, recipe, task: str, *, train: str = "train", cv: int = 5, t
         raise UserError(f"--trials {trials}: need at least 1 trial")
     if groups not in GROUPINGS:
         raise UserError(f"--groups {groups!r}: choose one of {', '.join(GROUPINGS)}")
-    doc, source = load_recipe(recipe)
-    tasks = TUNE_TASKS[task]
+
+
+def _check_recipe(doc: dict, source: str, tasks) -> None:
+    """Every task is in the recipe, with a head that has a search space and no bagging."""
     missing = [t for t in tasks if t not in doc.get("tasks", {})]
     if missing:
         raise RecipeError(f"{source}: tasks.{missing[0]}: missing; this recipe has {', '.join(doc.get('tasks', {}))}")
@@ -175,11 +212,10 @@ def tune_heads(store, recipe, task: str, *, train: str = "train", cv: int = 5, t
                               f"heads tune searches {', '.join(SPACES)}")
         if "bagging" in doc["tasks"][t].get("params", {}):
             raise RecipeError(f"{source}: tasks.{t}.params.bagging: tune the head without bagging, then add it")
-    default_storage = None if out is None else Path(out).with_name(Path(out).stem + ".optuna.db")
-    storage_obj, storage_label = resolve_storage(storage, default_storage)
-    recipe_name = doc.get("name", Path(source).stem)
-    base = study_name or f"heads-{recipe_name}-{train}"
 
+
+def _load_tasks(store, doc, source, tasks, train, groups, cv, seed, backbone) -> tuple[dict, str]:
+    """{task: its training rows' features, labels and folds}, reading the training split only."""
     with FeatureStore.open(store, "r") as st:
         train_rows = st.rows(train)  # the only rows read: no other split's labels or features
         if any("{backbone}" in doc["tasks"][t]["features"] for t in tasks):
@@ -195,73 +231,56 @@ def tune_heads(store, recipe, task: str, *, train: str = "train", cv: int = 5, t
             except UserError as err:
                 raise RecipeError(f"{source}: tasks.{t}.features {plan.features!r}: {err}") from None
             datas[t] = _load(st, plan, train_rows, groups, cv, seed)
-        store_abs = str(Path(st.path).resolve())
+        return datas, str(Path(st.path).resolve())
 
-    old_verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(logging.WARNING)
-    tuned = copy.deepcopy(doc)
-    tuned["name"] = f"{recipe_name}-tuned"
-    tuned["description"] = (f"{recipe_name} with hyperparameters tuned by `heads tune` ({cv}-fold CV grouped by "
-                            f"{groups} on split {train!r} only). " + doc.get("description", ""))
-    tuning = {}
-    try:
-        for t, data in datas.items():
-            plan = data.plan
-            n_rows = len(data.X)
-            name = f"{base}-{t}"
-            config = {"task": t, "train": train, "head": plan.head, "features": plan.features,
-                      "base_params": plan.params, "cv": int(cv), "groups": groups, "seed": int(seed),
-                      "fingerprint": _fingerprint(data.X, data.y, data.groups)}
-            study = open_study(storage_obj, storage_label, name, sampler=optuna.samplers.TPESampler(seed=seed),
-                               pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
-            _check_config(study, name, storage_label, config)
 
-            def objective(trial, data=data, n_rows=n_rows):
-                params = suggest_params(trial, data.plan.head, data.plan.kind, n_rows=n_rows, base=data.plan.params)
-                try:
-                    value, summary, _ = cross_validate(data, params, seed, trial)
-                except ValueError as e:  # parameters the head refuses: a recipe problem
-                    raise RecipeError(f"{source}: tasks.{data.plan.key}: {e}") from None
-                trial.set_user_attr("oof", summary)
-                return value
+def _run_study(data, name: str, config: dict, storage_obj, storage_label: str, *, trials: int, seed: int,
+               source: str, progress: bool) -> tuple[dict, dict]:
+    """One task's study to `trials` counted trials -> (the best params, what the tuned recipe records)."""
+    import optuna
+    from tqdm.auto import tqdm
 
-            t0 = time.perf_counter()
-            left = max(0, trials - count_trials(study, COUNTED))
-            with tqdm(total=left, desc=f"heads tune {t}", unit="trial", disable=not progress or left == 0) as bar:
-                def tick(s, tr, bar=bar):
-                    bar.update(1)
-                    try:
-                        bar.set_postfix_str(f"best {s.best_value:.4f}", refresh=False)
-                    except ValueError:
-                        pass
+    plan, n_rows = data.plan, len(data.X)
+    study = open_study(storage_obj, storage_label, name, sampler=optuna.samplers.TPESampler(seed=seed),
+                       pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
+    _check_config(study, name, storage_label, config)
 
-                run_budget(study, objective, trials, counted=COUNTED, callbacks=[tick])
+    def objective(trial):
+        params = suggest_params(trial, plan.head, plan.kind, n_rows=n_rows, base=plan.params)
+        try:
+            value, summary, _ = cross_validate(data, params, seed, trial)
+        except ValueError as e:  # parameters the head refuses: a recipe problem
+            raise RecipeError(f"{source}: tasks.{plan.key}: {e}") from None
+        trial.set_user_attr("oof", summary)
+        return value
+
+    t0 = time.perf_counter()
+    left = max(0, trials - count_trials(study, COUNTED))
+    with tqdm(total=left, desc=f"heads tune {plan.key}", unit="trial", disable=not progress or left == 0) as bar:
+        def tick(s, tr):
+            bar.update(1)
             try:
-                best = study.best_trial
+                bar.set_postfix_str(f"best {s.best_value:.4f}", refresh=False)
             except ValueError:
-                raise UserError(f"study {name!r}: no trial completed (all pruned or failed); "
-                                "run more --trials") from None
-            params = suggest_params(optuna.trial.FixedTrial(best.params), plan.head, plan.kind, n_rows=n_rows,
-                                    base=plan.params)
-            tuned["tasks"][t] = {"features": doc["tasks"][t]["features"], "head": plan.head,
-                                 "params": json.loads(json.dumps(params))}
-            states = [tr.state.name for tr in study.get_trials(deepcopy=False)]
-            tuning[t] = {
-                "study": name, "storage": describe_storage(storage_label), "best_trial": int(best.number),
-                "best_value": float(best.value), "score": SCORE_KEYS[t], "out_of_fold": best.user_attrs.get("oof"),
-                "best_params": best.params, "trials": {"complete": states.count("COMPLETE"),
-                                                       "pruned": states.count("PRUNED"),
-                                                       "failed": states.count("FAIL")},
-                "cv": int(cv), "groups": groups, "train": train, "n_rows": int(n_rows),
-                "features": plan.features, "seed": int(seed), "seconds_this_run": round(time.perf_counter() - t0, 2),
-            }
-    finally:
-        optuna.logging.set_verbosity(old_verbosity)
-    tuned["tuning"] = {"recipe": source, "store": store_abs, "tasks": tuning, "toolkit_version": toolkit_version(),
-                       "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    if out is not None:
-        _write_json(out, tuned)
-    return tuned
+                pass
+
+        run_budget(study, objective, trials, counted=COUNTED, callbacks=[tick])
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise UserError(f"study {name!r}: no trial completed (all pruned or failed); run more --trials") from None
+    params = suggest_params(optuna.trial.FixedTrial(best.params), plan.head, plan.kind, n_rows=n_rows,
+                            base=plan.params)
+    states = [tr.state.name for tr in study.get_trials(deepcopy=False)]
+    record = {
+        "study": name, "storage": describe_storage(storage_label), "best_trial": int(best.number),
+        "best_value": float(best.value), "score": SCORE_KEYS[plan.key], "out_of_fold": best.user_attrs.get("oof"),
+        "best_params": best.params, "trials": {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
+                                               "failed": states.count("FAIL")},
+        "cv": int(config["cv"]), "groups": config["groups"], "train": config["train"], "n_rows": int(n_rows),
+        "features": plan.features, "seed": int(seed), "seconds_this_run": round(time.perf_counter() - t0, 2),
+    }
+    return params, record
 
 
 def _check_config(study, name: str, storage_label: str, config: dict) -> None:
