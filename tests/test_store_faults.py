@@ -273,6 +273,18 @@ def test_prediction_writers_killed_at(tmp_path, pred_store, writer, point):
     assert_same(dump(store), dump(ref))
 
 
+def kill_then_rerun(make, ref: Path, store: Path, point: str) -> None:
+    """make(path) -> a writer of `path`: uninterrupted into `ref`; into `store` killed at `point` (the store
+    stays sound and keeps what it had), then again: equal to `ref`."""
+    assert_ok(run_child(make(ref)))
+    before = dump(store)
+    assert_killed(run_child(make(store), kill_at=point), point)
+    assert_sound(store)
+    assert_contains(dump(store), before)
+    assert_ok(run_child(make(store)))
+    assert_same(dump(store), dump(ref))
+
+
 @pytest.mark.parametrize("point", ["store-copied", "create-source", "write-features", "commit-replaced"])
 def test_openface_ingest_killed_at(tmp_path, point):
     from openface_fixtures import make_frames, make_store, write_sequence_csv
@@ -289,13 +301,7 @@ def test_openface_ingest_killed_at(tmp_path, point):
             run_ingest(path, tmp_path / "csv", images=tmp_path / "img", progress=False)
         return fn
 
-    assert_ok(run_child(ingest(ref)))
-    before = dump(store)
-    assert_killed(run_child(ingest(store), kill_at=point), point)
-    assert_sound(store)
-    assert_contains(dump(store), before)
-    assert_ok(run_child(ingest(store)))
-    assert_same(dump(store), dump(ref))
+    kill_then_rerun(ingest, ref, store, point)
 
 
 @pytest.mark.parametrize("point", ["store-copied", "create-source", "write-features", "commit-replaced"])
@@ -321,13 +327,7 @@ def test_faces_ingest_killed_at(tmp_path, point):
             ingest_faces(path, crops)
         return fn
 
-    assert_ok(run_child(ingest(ref)))
-    before = dump(store)
-    assert_killed(run_child(ingest(store), kill_at=point), point)
-    assert_sound(store)
-    assert_contains(dump(store), before)
-    assert_ok(run_child(ingest(store)))
-    assert_same(dump(store), dump(ref))
+    kill_then_rerun(ingest, ref, store, point)
 
 
 # ---------------------------------------------------------------------- readers, queued writers, shards
