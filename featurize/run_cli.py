@@ -68,7 +68,10 @@ def run(source, annotations, images, subdir, task, split, store_path, backbone, 
             wait=wait, logit_names=parse_logit_names(logit_names),
         )
     except KeyboardInterrupt:
-        n, where = saved_rows(store_path)
+        from store.journal import pending_rows
+
+        n, parts = pending_rows(store_path)
+        where = f"journal parts in {parts}" if n else f"in {store_path}"
         click.echo(f"\ninterrupted: {n} computed rows are saved ({where}); run the same command to continue: "
                    "it computes only the missing rows", err=True)
         raise SystemExit(130) from None
@@ -82,20 +85,3 @@ def run(source, annotations, images, subdir, task, split, store_path, backbone, 
             f"every one of the {summary.rows} rows is invalid: check --images (and --subdir) point at the folder "
             "the annotation paths are relative to, then run again with --retry-invalid"
         )
-
-
-def saved_rows(store_path) -> tuple[int, str]:
-    """Rows computed but not merged yet (journal parts beside the store), and where they are."""
-    from pathlib import Path
-
-    import numpy as np
-
-    parts = Path(str(store_path) + ".parts")
-    n = 0
-    for part in parts.glob("*/part-*.npz"):
-        try:
-            with np.load(part, allow_pickle=False) as z:
-                n += len(z["keys"])
-        except (OSError, ValueError, KeyError):
-            continue
-    return n, f"journal parts in {parts}" if n else f"in {store_path}"

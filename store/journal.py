@@ -38,9 +38,14 @@ PART_PATTERN = re.compile(r"^part-(?P<host>.+)-(?P<pid>\d+)-(?P<seq>\d+)\.npz$")
 MERGE_ROWS = 32768  # rows per store write while merging (bounds memory: 32768 x 1290 float32 = 170 MB)
 
 
-def parts_dir(store_path, source: str) -> Path:
+def parts_root(store_path) -> Path:
+    """<store>.parts: where every source's journal parts wait to be merged."""
     store_path = Path(store_path)
-    return store_path.with_name(store_path.name + ".parts") / source
+    return store_path.with_name(store_path.name + ".parts")
+
+
+def parts_dir(store_path, source: str) -> Path:
+    return parts_root(store_path) / source
 
 
 def identity_json(identity: Mapping) -> str:
@@ -176,7 +181,7 @@ def merge_all(store_path, *, wait: float | None = None) -> dict[str, int]:
     A source that the parts name but the store lacks is an error (its first run creates it)."""
     from .feature_store import FeatureStore
 
-    root = Path(store_path).with_name(Path(store_path).name + ".parts")
+    root = parts_root(store_path)
     sources = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     done: dict[str, int] = {}
     if not sources:
@@ -194,7 +199,22 @@ def merge_all(store_path, *, wait: float | None = None) -> dict[str, int]:
     return done
 
 
-__all__ = ["Journal", "identity_json", "merge_all", "parts_dir"]
+def pending_rows(store_path) -> tuple[int, Path]:
+    """Rows in journal parts not merged into the store yet (of every source), and the folder holding them."""
+    root = parts_root(store_path)
+    n = 0
+    for part in root.glob("*/*.npz"):
+        if not PART_PATTERN.match(part.name):
+            continue
+        try:
+            with np.load(part, allow_pickle=False) as z:
+                n += len(z["keys"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return n, root
+
+
+__all__ = ["Journal", "identity_json", "merge_all", "parts_dir", "parts_root", "pending_rows"]
 
 
 def _as_dict(identity: str) -> dict:
