@@ -180,33 +180,53 @@ class HeadPlan:
     name: str
     plan: object
     threads: int | None = None  # n_threads of heads that have it (MLP, LightGBM); None: their default
+    tune_trials: int = 0  # > 0: heads tune's study (tune_cv folds) on each outer fold's training rows
+    tune_cv: int = 3
+    params: dict | None = None  # the tuned params of the current outer fold (None: the recipe's)
+    tuned: list = field(default_factory=list)  # per outer fold: (best params, out-of-fold value)
+
+    def tune(self, X, y, groups, fit, seed) -> None:
+        """heads tune on the outer fold's training rows `fit` only; its best params then serve the
+        inner out-of-fold fits (blend) and the held-out fit of that fold alike."""
+        from heads.plan import training_target
+        from heads.tune import tune_arrays
+
+        if not self.tune_trials:
+            return
+        params, record = tune_arrays(self.plan, X[fit], training_target(self.plan.key, y[fit]), groups[fit],
+                                     cv=self.tune_cv, trials=self.tune_trials, seed=seed)
+        self.params = params
+        self.tuned.append((record["best_params"], record["best_value"]))
 
     def fit_predict(self, X, y, groups, fit, predict, seed) -> np.ndarray:
         from heads.plan import head_scores, training_target
         from heads.registry import make_head
 
         p = self.plan
-        head = make_head(p.head, p.kind, p.params, n_classes=p.n_classes, seed=seed)
+        head = make_head(p.head, p.kind, self.params or p.params, n_classes=p.n_classes, seed=seed)
         if self.threads and "n_threads" in head.get_params():
             head.set_params(n_threads=self.threads)
         head.fit(X[fit], training_target(p.key, y[fit]), groups=groups[fit])
         return head_scores(p, head, X[predict])[p.key]
 
 
-def head_plans(recipes: list[str], task: str, source: str, threads: int | None = None) -> list[HeadPlan]:
-    """The head of every recipe that has `task` (recipes are heads.recipe names or JSON files)."""
+def head_plans(recipes: list[str], task: str, source: str, threads: int | None = None, *, tune: list[str] = (),
+               tune_trials: int = 30, tune_cv: int = 3) -> list[HeadPlan]:
+    """The head of every recipe that has `task` (recipes are heads.recipe names or JSON files), then
+    one `heads tune`d head per recipe of `tune`."""
     from heads.plan import Plan
     from heads.recipe import fill_backbone, load_recipe
 
     out = []
-    for recipe in recipes:
+    for recipe, tuned in [(r, False) for r in recipes] + [(r, True) for r in tune]:
         doc, where = load_recipe(recipe)
         entry = doc["tasks"].get(task)
         if entry is None:
             continue
         features = fill_backbone(entry["features"], source, where, f"tasks.{task}.features")
-        label = f"{Path(recipe).stem} ({entry['head']})"
-        out.append(HeadPlan(label, Plan(task, features, entry["head"], dict(entry.get("params", {}))), threads))
+        label = f"{'tuned ' if tuned else ''}{Path(recipe).stem} ({entry['head']})"
+        plan = Plan(task, features, entry["head"], dict(entry.get("params", {})))
+        out.append(HeadPlan(label, plan, threads, tune_trials=tune_trials if tuned else 0, tune_cv=tune_cv))
     return out
 
 
@@ -296,6 +316,7 @@ def evaluate_task(task, y, X, usable, groups, zero_shot, plans, folds, *, inner_
             oof[ZERO_SHOT], scores[ZERO_SHOT][te] = zero_shot[tr], zero_shot[te]
         for p in plans:
             Xp = X[p.plan.features]
+            p.tune(Xp, y, groups, tr, seed + k)
             scores[p.name][te] = p.fit_predict(Xp, y, groups, tr, te, seed)
             bar.update(1)
             oof[p.name] = np.zeros((len(tr), width))
@@ -314,8 +335,9 @@ def evaluate_task(task, y, X, usable, groups, zero_shot, plans, folds, *, inner_
             thresholds.append([float(v) for v in params.thresholds])
         weights.append({n: float(w) for n, w in params.weights.items()})
         bar.update(1)
+    studies = {p.name: [{"best_params": bp, "out_of_fold": v} for bp, v in p.tuned] for p in plans if p.tuned}
     return {"names": names + [BLEND], "scores": scores, "tuned": tuned, "weights": weights,
-            "thresholds": thresholds}
+            "thresholds": thresholds, "studies": studies}
 
 
 def task_metrics(task: str, y: np.ndarray, out: dict) -> dict:
@@ -345,12 +367,15 @@ def task_metrics(task: str, y: np.ndarray, out: dict) -> dict:
             res["predictors"][name] = {k: m[k] for k in ("ccc_valence", "ccc_arousal", "P_VA")}
     names = out["names"][:-1]
     res["blend_weights"] = {n: float(np.mean([w[n] for w in out["weights"]])) for n in names}
+    if out["studies"]:
+        res["studies"] = out["studies"]
     if out["thresholds"]:
         res["blend_thresholds"] = dict(zip(AU_NAMES, np.mean(out["thresholds"], axis=0).round(4).tolist()))
     return res
 
 
-def evaluate_dataset(ds: Dataset, recipes, *, folds, inner_folds, trials, seed, threads, progress) -> dict:
+def evaluate_dataset(ds: Dataset, recipes, *, folds, inner_folds, trials, seed, threads, progress, tune=(),
+                     tune_trials=30, tune_cv=3) -> dict:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -363,7 +388,8 @@ def evaluate_dataset(ds: Dataset, recipes, *, folds, inner_folds, trials, seed, 
         tasks = [t for t, y in labels.items() if FeatureStore.label_mask(t, y).any()]
         if not tasks:
             raise UserError(f"{ds.store}: the rows to evaluate carry no expr, au or va label")
-        plans = {t: head_plans(recipes, t, ds.source, threads) for t in tasks}
+        plans = {t: head_plans(recipes, t, ds.source, threads, tune=tune, tune_trials=tune_trials, tune_cv=tune_cv)
+                 for t in tasks}
         X = {spec: st.read_features(spec, rows)[0] for spec in {p.plan.features for ps in plans.values() for p in ps}}
         ok = st.read_features(f"{ds.source}.logits", rows)[1]  # validity is per source
         zero_shot = {t: zero_shot_scores(st, ds.source, t, rows) for t in tasks}
@@ -450,10 +476,19 @@ def format_dataset(res: dict) -> str:
     for t, m in res["tasks"].items():
         w = ", ".join(f"{n} {v:.2f}" for n, v in m["blend_weights"].items())
         out.append(f"- blend weights, {t} (mean over folds): {w}")
+        for name, folds in m.get("studies", {}).items():
+            best = "; ".join(", ".join(f"{k}={_short(v)}" for k, v in f["best_params"].items()) for f in folds)
+            values = ", ".join(f"{f['out_of_fold']:.4f}" for f in folds)
+            out.append(f"- {name}, {t}: heads tune best params per outer fold (out-of-fold {values} on the "
+                       f"fold's training rows): {best}")
         if "blend_thresholds" in m:
             thr = ", ".join(f"{k} {v:.2f}" for k, v in m["blend_thresholds"].items())
             out.append(f"- blend AU thresholds (mean over folds): {thr}")
     return "\n".join(out)
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _load() -> str:
@@ -523,6 +558,13 @@ def _split_csv(text: str) -> list[str]:
               help="Optuna trials per blend study.")
 @click.option("--recipes", default="paper,logistic,lightgbm", show_default=True,
               help="Comma-separated head recipes (built-in names or JSON files); each gives one head per task.")
+@click.option("--tune", "tune", default="", show_default=True,
+              help="Comma-separated recipes to `heads tune` as well: one more predictor each, its hyperparameters "
+                   "chosen by a study on each outer fold's training rows only (heads.tune.tune_arrays).")
+@click.option("--tune-trials", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Trials of each heads tune study.")
+@click.option("--tune-cv", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Folds of each heads tune study (grouped like the inner folds).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Subsets, folds, heads and studies.")
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
               help="Threads of each MLP/LightGBM head fit (0: the library default). One thread is fastest for "
@@ -546,7 +588,8 @@ def _split_csv(text: str) -> list[str]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Image decoding processes (default: one per core, <= 8).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def main(datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_folds, trials, recipes, seed, threads,
+def main(datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_folds, trials, recipes, tune, tune_trials,
+         tune_cv, seed, threads,
          annotations, eval_annotations, images, store_path, train_split, test_split, groups, results,
          no_results, gpu, batch_size, workers, no_progress):
     """Real-data benchmark: featurize -> store -> heads -> blend on FER2013 and CK+ (or your ABAW data)."""
@@ -556,7 +599,8 @@ def main(datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_fo
         raise click.ClickException(str(e)) from None
 
 
-def run(*, datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_folds, trials, recipes, seed, threads,
+def run(*, datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_folds, trials, recipes, tune="",
+        tune_trials=30, tune_cv=3, seed, threads,
         annotations, eval_annotations, images, store_path, train_split, test_split, groups, results,
         no_results, gpu, batch_size, workers, no_progress) -> list[dict]:
     start, load_start = time.perf_counter(), _load()
@@ -598,7 +642,8 @@ def run(*, datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_
         else:
             prepared.append(prepare_store(store_path, backbone, train_split, test_split, groups, limit, seed))
         res = evaluate_dataset(prepared[-1], recipes, folds=folds, inner_folds=inner_folds, trials=trials,
-                               seed=seed, threads=threads or None, progress=not no_progress)
+                               seed=seed, threads=threads or None, progress=not no_progress, tune=_split_csv(tune),
+                               tune_trials=tune_trials, tune_cv=tune_cv)
         prepared[-1] = res
         click.echo("\n" + format_dataset(res) + "\n")
 

@@ -23,7 +23,7 @@ import copy
 from pathlib import Path
 
 from featheads.core.errors import UserError
-from featheads.core.jsonfile import read_json
+from featheads.core.jsonfile import builtin_names, read_named_json
 
 BUILTIN_DIR = Path(__file__).parent / "finetune_recipes"
 DEFAULT_RECIPE = "hsenn"
@@ -46,23 +46,13 @@ class FinetuneRecipeError(UserError):
 
 
 def builtin_recipes() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.json"))
+    return builtin_names(BUILTIN_DIR)
 
 
 def load_finetune_recipe(recipe=None) -> tuple[dict, str]:
     """A recipe from a built-in name, a JSON file or a dict (None: the default) -> (full copy, source)."""
     recipe = DEFAULT_RECIPE if recipe is None else recipe
-    if isinstance(recipe, dict):
-        doc, source = copy.deepcopy(recipe), "recipe"
-    else:
-        path = Path(recipe)
-        if not path.is_file():
-            if str(recipe) not in builtin_recipes():
-                raise FinetuneRecipeError(f"recipe {str(recipe)!r} is neither a file nor a built-in fine-tuning "
-                                          f"recipe ({', '.join(builtin_recipes())})")
-            path = BUILTIN_DIR / f"{recipe}.json"
-        source = str(path)
-        doc = read_json(path, what="recipe", error=FinetuneRecipeError)
+    doc, source = read_named_json(recipe, BUILTIN_DIR, what="fine-tuning recipe", error=FinetuneRecipeError)
     return complete_recipe(doc, source), source
 
 

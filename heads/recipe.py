@@ -14,11 +14,10 @@ can be passed instead. Errors name the recipe and the key. Any entry's params ma
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from featheads.core.errors import UserError
-from featheads.core.jsonfile import read_json
+from featheads.core.jsonfile import builtin_names, read_named_json
 
 from .registry import HEADS, TASK_KINDS, head_class, param_names
 
@@ -33,25 +32,12 @@ class RecipeError(UserError):
 
 
 def builtin_recipes() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.json"))
+    return builtin_names(BUILTIN_DIR)
 
 
 def load_recipe(recipe) -> tuple[dict, str]:
     """A recipe from a built-in name, a JSON file path or a dict -> (validated copy, source for messages)."""
-    if isinstance(recipe, dict):
-        doc, source = copy.deepcopy(recipe), "recipe"
-    else:
-        path = Path(recipe)
-        if not path.is_file():
-            if str(recipe) in builtin_recipes():
-                path = BUILTIN_DIR / f"{recipe}.json"
-            else:
-                raise RecipeError(
-                    f"recipe {str(recipe)!r} is neither a file nor a built-in recipe "
-                    f"({', '.join(builtin_recipes())})"
-                )
-        source = str(path)
-        doc = read_json(path, what="recipe", error=RecipeError)
+    doc, source = read_named_json(recipe, BUILTIN_DIR, what="recipe", error=RecipeError)
     validate_recipe(doc, source)
     return doc, source
 

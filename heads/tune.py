@@ -42,7 +42,7 @@ from .registry import make_head
 from .search_spaces import SPACES, suggest_params
 from .studies import count_trials, describe_storage, open_study, resolve_storage, run_budget
 
-__all__ = ["tune_heads", "GROUPINGS", "TUNE_TASKS", "task_score", "grouped_folds"]
+__all__ = ["tune_heads", "tune_arrays", "GROUPINGS", "TUNE_TASKS", "task_score", "grouped_folds"]
 
 TUNE_TASKS = {"expr": ("expr",), "va": ("va",), "au": ("au",), "mtl": ("expr", "va", "au"), "lsd": ("lsd",)}
 GROUPINGS = ("video", "subject", "row")
@@ -188,6 +188,30 @@ def tune_heads(store, recipe, task: str, *, train: str = "train", cv: int = 5, t
     if out is not None:
         _write_json(out, tuned)
     return tuned
+
+
+def tune_arrays(plan: Plan, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, cv: int = 5, trials: int = 30,
+                seed: int = 0) -> tuple[dict, dict]:
+    """The study of tune_heads on arrays already in memory (no store, no storage kept): the head's
+    search space scored by `cv`-fold cross-validation grouped by `groups` over these rows only.
+    X, y as the head's fit takes them (heads.plan.training_target). Returns (the best params, the
+    record a tuned recipe keeps). For benchmarks that tune inside each outer fold."""
+    import optuna
+
+    _check_options(plan.key, cv, trials, "row")
+    groups = np.asarray(groups)
+    labels = y if plan.kind != "regression" else np.asarray(y, dtype=np.float32)
+    data = _TaskData(plan, X, y, groups, grouped_folds(groups, cv, seed), labels)
+    config = {"task": plan.key, "train": "arrays", "head": plan.head, "features": plan.features,
+              "base_params": plan.params, "cv": int(cv), "groups": "given", "seed": int(seed)}
+    storage_obj, storage_label = resolve_storage("memory", None)
+    old_verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        return _run_study(data, f"arrays-{plan.key}", config, storage_obj, storage_label, trials=trials, seed=seed,
+                          source=plan.head, progress=False)
+    finally:
+        optuna.logging.set_verbosity(old_verbosity)
 
 
 def _check_options(task: str, cv: int, trials: int, groups: str) -> None:

@@ -295,3 +295,42 @@ def test_auto_chooses_on_training_rows_only_and_refits_on_all(monkeypatch):
     ref = make_head("linear", "multiclass", {"C": 1.0}, n_classes=2, seed=0).fit(X, y)
     np.testing.assert_allclose(h.predict_proba(X), ref.predict_proba(X))
     assert "auto" in HEADS
+
+
+def test_tune_arrays_folds_by_the_given_groups_and_matches_its_own_cross_validation():
+    """The in-memory study (benchmarks tune inside each outer fold): grouped folds over the given
+    rows only, the same best params for the same seed, and a best value that a fresh
+    cross-validation of those params reproduces."""
+    from heads.plan import Plan
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(12), 20)
+    y = rng.integers(0, 3, len(groups))
+    X = (rng.normal(size=(len(groups), 6)) + 1.5 * np.eye(3, 6)[y]).astype(np.float32)
+    plan = Plan("expr", "x", "linear", {})
+    seen = []
+    real_fit = T.make_head
+
+    def spying_make_head(*a, **k):
+        head = real_fit(*a, **k)
+        fit = head.fit
+
+        def fit_and_record(Xf, yf, groups=None):
+            seen.append(set(groups.tolist()))
+            return fit(Xf, yf, groups=groups)
+
+        head.fit = fit_and_record
+        return head
+
+    T.make_head, saved = spying_make_head, T.make_head
+    try:
+        params, record = T.tune_arrays(plan, X, y, groups, cv=3, trials=4, seed=1)
+    finally:
+        T.make_head = saved
+    assert all(len(s) == 8 for s in seen)  # 2 of 3 folds of 12 groups: whole groups only
+    again, record2 = T.tune_arrays(plan, X, y, groups, cv=3, trials=4, seed=1)
+    assert again == params and record2["best_params"] == record["best_params"]
+    data = T._TaskData(plan, X, y, groups, T.grouped_folds(groups, 3, 1), y)
+    value, _, _ = T.cross_validate(data, params, 1)
+    assert value == pytest.approx(record["best_value"])
+    assert 0.25 < record["best_value"] <= 3 / 8  # P_EXPR averages the 8 MTL classes; 3 are present

@@ -101,11 +101,17 @@ def test_abaw_layout_then_existing_store(tmp_path):
 
     # The same store again, as a user with an existing s-Aff-Wild2 store would run it: no featurizing,
     # grouped cross-validation over the training split.
-    _run("--dataset", "store", "--store", store, "--train-split", "train", "--folds", 2, *common)
+    # With a heads tune column: one study per outer fold, on that fold's training rows.
+    _run("--dataset", "store", "--store", store, "--train-split", "train", "--folds", 2, "--tune", "logistic",
+         "--tune-trials", 3, "--tune-cv", 2, *common)
     (res2,) = json.loads((work / "real_data_results.json").read_text())["datasets"]
     assert res2["featurize"] == []
     assert res2["protocol"] == "2-fold cross-validation grouped by video"
     assert "P_VA" in res2["tasks"]["va"]["predictors"]["blend"]
+    assert "tuned logistic (linear)" in res2["tasks"]["expr"]["predictors"]
+    studies = res2["tasks"]["expr"]["studies"]["tuned logistic (linear)"]
+    assert len(studies) == 2 and all("C" in f["best_params"] for f in studies)
+    assert "heads tune best params per outer fold" in results.read_text()
     assert results.read_text().count("## Real data:") == 2
 
 
