@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from store import FeatureStore  # noqa: E402
 from store.inspect import verify  # noqa: E402
+from test_store_faults import changed, differing, dump  # noqa: E402  the fault tests' dataset comparison
 
 POINTS = {
     "featurize-new": ["store-copied", "add-samples", "create-source", "commit-closed", "commit-fsynced",
@@ -80,35 +80,6 @@ def wait(pid, timeout=120) -> int:
             os.kill(pid, signal.SIGKILL)
             return os.waitpid(pid, 0)[1]
         time.sleep(0.005)
-
-
-def dump(path) -> dict:
-    out = {}
-    with h5py.File(path, "r", locking=False) as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out[name] = obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else obj[()]
-        f.visititems(visit)
-    return out
-
-
-def same(a: dict, b: dict) -> bool:
-    if sorted(a) != sorted(b):
-        return False
-    for k in a:
-        x, y = np.asarray(a[k]), np.asarray(b[k])
-        if x.shape != y.shape:
-            return False
-        if x.dtype.kind == "f":
-            if not np.array_equal(x, y, equal_nan=True):
-                return False
-        elif x.tolist() != y.tolist():
-            return False
-    return True
-
-
-def contains(after: dict, before: dict) -> bool:
-    return all(k in after and same({k: np.asarray(after[k])[: len(v)]}, {k: v}) for k, v in before.items())
 
 
 def sound(path) -> bool:
@@ -242,9 +213,9 @@ def kill_trial(w: Writers, rng: random.Random, i: int) -> tuple[str, str, bool, 
         os.kill(pid, signal.SIGKILL)
     status = wait(pid)
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    ok = (not store.exists() and not before) or (sound(store) and contains(dump(store), before))
+    ok = (not store.exists() and not before) or (sound(store) and not changed(dump(store), before))
     w.run(fn)
-    ok = ok and sound(store) and same(dump(store), w.reference[name])
+    ok = ok and sound(store) and not differing(dump(store), w.reference[name])
     store.unlink(missing_ok=True)
     return name, how, killed, ok
 
@@ -276,10 +247,10 @@ def disk_full_trials(w: Writers) -> list[tuple[str, bool, str]]:
                     f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
                 status = wait(fork(run))
                 clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 3)  # an error, never a crash
-                kept = sound(store) and contains(dump(store), before)
+                kept = sound(store) and not changed(dump(store), before)
                 (mnt / "filler").unlink()
                 w.run(fn)
-                ok = clean and kept and sound(store) and same(dump(store), w.reference[name])
+                ok = clean and kept and sound(store) and not differing(dump(store), w.reference[name])
                 how = "failed cleanly" if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3 else (
                     "fitted" if os.WIFEXITED(status) else f"crashed ({status})")
                 out.append((f"{name}, {variant}", ok, how))

@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +310,71 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
+@dataclass
+class _Training:
+    """What one fine-tune call trains with: fixed from its start to its end."""
+
+    train: FinetuneData
+    val: FinetuneData | None
+    task: str
+    backbone: str
+    loaded: object  # featurize.backbones.LoadedBackbone: spec, base weights sha256 and path
+    names: tuple  # logit names of the new head
+    recipe: dict
+    fingerprint: str  # what a checkpoint or a finished fine-tune must match
+    out: Path
+    seed: int
+    device: torch.device
+    precision: str
+    keep_best: bool
+    workers: int
+    stop_after_steps: int | None
+    model: torch.nn.Module
+    norm: _Normalizer
+    loss_fn: FinetuneLoss
+    scaler: object  # torch.amp.GradScaler for fp16, else None
+
+    @property
+    def spec(self):
+        return self.loaded.spec
+
+    @property
+    def stages(self) -> list:
+        return self.recipe["stages"]
+
+    @property
+    def plan(self) -> list[tuple[int, int]]:
+        """Global epoch -> (stage, epoch of the stage)."""
+        return [(si, e) for si, st in enumerate(self.stages) for e in range(st["epochs"])]
+
+    @property
+    def batch_size(self) -> int:
+        return self.recipe["batch_size"]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(epoch_batches(len(self.train), self.batch_size, self.seed, 0))
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT
+
+
+@dataclass
+class _Progress:
+    """Where the training stands (what a checkpoint holds), and how many steps this call has trained."""
+
+    start_epoch: int = 0  # where this call starts
+    start_step: int = 0
+    history: list = field(default_factory=list)  # one entry per finished epoch
+    best: dict | None = None  # keep_best: {"epoch", "score"}
+    optimizer_state: dict | None = None  # of the checkpoint, loaded into the first optimizer of this call
+    scaler_state: dict | None = None
+    epoch_sums: tuple = (0.0, 0, 0)  # loss sum, rows, images of the epoch a checkpoint stopped in
+    resumed_from: str | None = None  # "epoch E step S" when it continues a checkpoint
+    steps_this_call: int = 0
+
+
 def finetune(train: FinetuneData, *, task: str, backbone: str, weights=None, out, val: FinetuneData | None = None,
              recipe=None, seed: int = 0, gpu: bool = False, precision: str = "fp32", keep_best: bool = False,
              workers: int = 0, progress: bool = True, overwrite: bool = False, stop_after_steps: int | None = None,
@@ -320,10 +385,8 @@ def finetune(train: FinetuneData, *, task: str, backbone: str, weights=None, out
     validation score instead of the last (optimistic: it is chosen on the rows it is scored on).
     stop_after_steps: stop (as Ctrl-C would, with a checkpoint) after this many steps of this call (tests).
     """
-    from tqdm import tqdm
-
     from .backbones import load_backbone
-    from .inference import check_precision, describe_device, pick_device
+    from .inference import check_precision, pick_device
 
     if task not in FINETUNE_TASKS:
         raise FinetuneError(f"--task {task!r}: choose one of {', '.join(FINETUNE_TASKS)}")
@@ -338,159 +401,268 @@ def finetune(train: FinetuneData, *, task: str, backbone: str, weights=None, out
     check_precision(precision, device)
     out = Path(out)
     loaded = load_backbone(backbone, weights)
-    spec = loaded.spec
     names = task_logit_names(task)
-    config = {"format": FORMAT, "backbone": backbone, "base_weights_sha256": loaded.weights_sha256, "task": task,
-              "recipe": recipe_doc, "seed": seed, "precision": precision, "keep_best": keep_best,
-              "train": train.describe, "val": None if val is None else val.describe}
-    fp = _fingerprint({**config, "recipe": {k: v for k, v in recipe_doc.items() if k != "checkpoint_steps"}})
-    report_path, ckpt_path = out / REPORT, out / CHECKPOINT
+    fp = _config_fingerprint(train, val, task=task, backbone=backbone, base_weights_sha256=loaded.weights_sha256,
+                             recipe=recipe_doc, seed=seed, precision=precision, keep_best=keep_best)
     if out.exists() and overwrite:
-        for name in (REPORT, CHECKPOINT, WEIGHTS, BEST):
-            (out / name).unlink(missing_ok=True)
-    if report_path.exists():
-        try:
-            report = json.loads(report_path.read_text())
-        except ValueError:
-            report = {}
-        if report.get("config_sha256") == fp and (out / WEIGHTS).exists():
-            return FinetuneResult(out, out / WEIGHTS, report["weights_sha256"], report, already_done=True)
-        raise FinetuneError(f"{report_path}: {out} holds a finished fine-tune of another configuration; "
-                            "use another --out, or --overwrite")
+        _remove_outputs(out)
+    done = _finished_result(out, fp)
+    if done is not None:
+        return done
     out.mkdir(parents=True, exist_ok=True)
 
+    training = _Training(
+        train=train, val=val, task=task, backbone=backbone, loaded=loaded, names=names, recipe=recipe_doc,
+        fingerprint=fp, out=out, seed=seed, device=device, precision=precision, keep_best=keep_best,
+        workers=workers, stop_after_steps=stop_after_steps, model=_new_model(loaded, len(names), seed, device),
+        norm=_Normalizer(loaded.spec, device),
+        loss_fn=FinetuneLoss(task, recipe_doc["loss"], train.labels, len(names), device),
+        scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None)
+    state = _resume(training, echo)
+    _train_epochs(training, state, progress)
+    return _save_result(training, state, recipe_source)
+
+
+def _config_fingerprint(train: FinetuneData, val: FinetuneData | None, *, task, backbone, base_weights_sha256, recipe,
+                        seed, precision, keep_best) -> str:
+    """What a checkpoint or a finished fine-tune in `out` must match to be continued or reused
+    (checkpoint_steps only changes when checkpoints are written, so it is left out)."""
+    return _fingerprint({
+        "format": FORMAT, "backbone": backbone, "base_weights_sha256": base_weights_sha256, "task": task,
+        "recipe": {k: v for k, v in recipe.items() if k != "checkpoint_steps"}, "seed": seed, "precision": precision,
+        "keep_best": keep_best, "train": train.describe, "val": None if val is None else val.describe})
+
+
+def _remove_outputs(out: Path) -> None:
+    """--overwrite: the files of an earlier fine-tune in `out` deleted."""
+    for name in (REPORT, CHECKPOINT, WEIGHTS, BEST):
+        (out / name).unlink(missing_ok=True)
+
+
+def _finished_result(out: Path, fingerprint: str) -> FinetuneResult | None:
+    """The result of a finished fine-tune of this configuration in `out`; None when none finished there; a
+    finished one of another configuration is an error."""
+    report_path = out / REPORT
+    if not report_path.exists():
+        return None
+    try:
+        report = json.loads(report_path.read_text())
+    except ValueError:
+        report = {}
+    if report.get("config_sha256") == fingerprint and (out / WEIGHTS).exists():
+        return FinetuneResult(out, out / WEIGHTS, report["weights_sha256"], report, already_done=True)
+    raise FinetuneError(f"{report_path}: {out} holds a finished fine-tune of another configuration; "
+                        "use another --out, or --overwrite")
+
+
+def _new_model(loaded, num_outputs: int, seed: int, device):
+    """The backbone with a new head of `num_outputs` (seeded), on the device."""
     torch.manual_seed(seed)
-    model = replace_head(loaded.model, len(names), seed=seed)
+    model = replace_head(loaded.model, num_outputs, seed=seed)
     # channels_last on the GPU (cuDNN's fast layout); on the CPU torch 2.14's convolution backward of a
     # 1-channel channels_last input crashes (SIGSEGV), so the CPU trains in the default layout
-    model = model.to(device, memory_format=_memory_format(device))
-    norm = _Normalizer(spec, device)
-    loss_fn = FinetuneLoss(task, recipe_doc["loss"], train.labels, len(names), device)
-    aug = recipe_doc["augment"]
-    stages = recipe_doc["stages"]
-    plan = [(si, e) for si, st in enumerate(stages) for e in range(st["epochs"])]  # global epoch -> (stage, epoch)
-    bs = recipe_doc["batch_size"]
-    steps_per_epoch = len(epoch_batches(len(train), bs, seed, 0))
-    ckpt_every = recipe_doc["checkpoint_steps"]
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    return model.to(device, memory_format=_memory_format(device))
 
-    # ---- resume
-    start_epoch, start_step, history, best, resumed_from = 0, 0, [], None, None
-    opt_state = scaler_state = None
-    epoch_sums = (0.0, 0, 0)  # loss sum, rows, images of the epoch a checkpoint stopped in
-    if ckpt_path.exists():
-        ck = _load_checkpoint(ckpt_path)
-        if ck.get("config_sha256") != fp:
-            raise FinetuneError(f"{ckpt_path}: the checkpoint is of another configuration (backbone, weights, "
-                                "task, recipe, data, seed or precision differ); use another --out, or --overwrite")
-        network_of(model).load_state_dict(ck["model"])
-        start_epoch, start_step = int(ck["epoch"]), int(ck["step"])
-        history, best = list(ck["history"]), ck.get("best")
-        opt_state, scaler_state = ck.get("optimizer"), ck.get("scaler")
-        epoch_sums = tuple(ck.get("epoch_sums", (0.0, 0, 0)))
-        resumed_from = f"epoch {start_epoch + 1} step {start_step}"
-        echo(f"resuming {out} from {resumed_from} (of {len(plan)} epochs x {steps_per_epoch} steps)")
 
-    def checkpoint(epoch: int, step: int, optimizer, sums=(0.0, 0, 0)) -> None:
-        _save_checkpoint(ckpt_path, {
-            "format": FORMAT, "config_sha256": fp, "epoch": epoch, "step": step,
-            "model": {k: v.detach().cpu() for k, v in network_of(model).state_dict().items()},
-            "optimizer": None if optimizer is None else optimizer.state_dict(),
-            "scaler": None if scaler is None else scaler.state_dict(), "history": history, "best": best,
-            "epoch_sums": [float(sums[0]), int(sums[1]), int(sums[2])],
-        })
+def _resume(t: _Training, echo) -> _Progress:
+    """The progress of the checkpoint in `out` (its weights loaded into the model), or a fresh start."""
+    if not t.checkpoint_path.exists():
+        return _Progress()
+    ck = _load_checkpoint(t.checkpoint_path)
+    if ck.get("config_sha256") != t.fingerprint:
+        raise FinetuneError(f"{t.checkpoint_path}: the checkpoint is of another configuration (backbone, weights, "
+                            "task, recipe, data, seed or precision differ); use another --out, or --overwrite")
+    network_of(t.model).load_state_dict(ck["model"])
+    p = _Progress(start_epoch=int(ck["epoch"]), start_step=int(ck["step"]), history=list(ck["history"]),
+                  best=ck.get("best"), optimizer_state=ck.get("optimizer"), scaler_state=ck.get("scaler"),
+                  epoch_sums=tuple(ck.get("epoch_sums", (0.0, 0, 0))))
+    p.resumed_from = f"epoch {p.start_epoch + 1} step {p.start_step}"
+    echo(f"resuming {t.out} from {p.resumed_from} (of {len(t.plan)} epochs x {t.steps_per_epoch} steps)")
+    return p
 
-    device_name = describe_device(device)
-    total_steps = len(plan) * steps_per_epoch
-    done_steps = start_epoch * steps_per_epoch + start_step
-    bar = tqdm(total=total_steps, initial=done_steps, unit="step", desc=f"finetune {task}", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
-    steps_this_call = 0
+
+def _write_checkpoint(t: _Training, p: _Progress, epoch: int, step: int, optimizer, sums=(0.0, 0, 0)) -> None:
+    """`<out>/checkpoint.pt` at (epoch, step): the weights, optimizer and scaler states, history and best."""
+    _save_checkpoint(t.checkpoint_path, {
+        "format": FORMAT, "config_sha256": t.fingerprint, "epoch": epoch, "step": step,
+        "model": {k: v.detach().cpu() for k, v in network_of(t.model).state_dict().items()},
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "scaler": None if t.scaler is None else t.scaler.state_dict(), "history": p.history, "best": p.best,
+        "epoch_sums": [float(sums[0]), int(sums[1]), int(sums[2])],
+    })
+
+
+def _train_epochs(t: _Training, p: _Progress, progress: bool) -> None:
+    """The epochs of the plan from where `p` stands, under a progress bar; a stop (Ctrl-C or
+    stop_after_steps) writes a checkpoint and raises KeyboardInterrupt."""
+    from tqdm import tqdm
+
+    steps_per_epoch = t.steps_per_epoch
+    bar = tqdm(total=len(t.plan) * steps_per_epoch, initial=p.start_epoch * steps_per_epoch + p.start_step,
+               unit="step", desc=f"finetune {t.task}", disable=not progress, dynamic_ncols=True, smoothing=0.1)
     optimizer = None
     with _StopFlag() as stop:
-        for epoch in range(start_epoch, len(plan)):
-            si, _ = plan[epoch]
-            stage = stages[si]
-            if optimizer is None or plan[epoch - 1][0] != si:  # a new stage: its parameters, a fresh optimizer
-                params = _set_stage(model, stage)
-                optimizer = make_optimizer(params, recipe_doc["optimizer"], stage["lr"])
-            if opt_state is not None:
-                optimizer.load_state_dict(opt_state)  # the stage's optimizer continues where it stopped
-            if scaler is not None and scaler_state is not None:
-                scaler.load_state_dict(scaler_state)
-            opt_state = scaler_state = None
-            batches = epoch_batches(len(train), bs, seed, epoch)
-            step0 = start_step if epoch == start_epoch else 0
-            loss_sum, loss_rows, images = epoch_sums if epoch == start_epoch else (0.0, 0, 0)
-            t0, timed = time.perf_counter(), 0  # images/s: of the images this call trained
-            for step, (pos, pixels, errors) in enumerate(_loader(train, spec, batches[step0:], workers), start=step0):
-                ok = np.array([not e for e in errors])
-                if ok.sum() >= 2:
-                    sel = torch.from_numpy(ok)
-                    loss = train_step(model, optimizer, loss_fn, norm, pixels[sel], _labels_of(train, pos[ok], device),
-                                      stage=stage, aug=aug, rng=np.random.default_rng([seed, epoch, step, 7]),
-                                      torch_seed=(seed * 1_000_003 + epoch * 100_003 + step) % (2 ** 63),
-                                      device=device, precision=precision, scaler=scaler)
-                    loss_sum += loss * int(ok.sum())
-                    loss_rows += int(ok.sum())
-                    images += int(ok.sum())
-                    timed += int(ok.sum())
-                steps_this_call += 1
-                bar.update(1)
-                rate = timed / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(epoch=f"{epoch + 1}/{len(plan)}", stage=stage["name"],
-                                loss=f"{loss_sum / max(loss_rows, 1):.4f}", img_s=f"{rate:.1f}")
-                last = step + 1 == len(batches)
-                interrupted = stop.set or (stop_after_steps is not None and steps_this_call >= stop_after_steps)
-                if not last and (interrupted or (ckpt_every and (step + 1) % ckpt_every == 0)):
-                    checkpoint(epoch, step + 1, optimizer, (loss_sum, loss_rows, images))
-                if interrupted and not last:
-                    bar.close()
-                    raise KeyboardInterrupt(f"stopped at epoch {epoch + 1} step {step + 1}; checkpoint {ckpt_path}")
-            seconds = time.perf_counter() - t0
-            entry = {"epoch": epoch + 1, "stage": stage["name"], "train": stage["train"], "lr": stage["lr"],
-                     "train_loss": loss_sum / max(loss_rows, 1), "images": images, "seconds": round(seconds, 3),
-                     "images_per_s": timed / seconds if seconds > 0 else 0.0}
-            if val is not None:
-                entry["val"] = evaluate(model, val, spec, device=device, precision=precision, task=task,
-                                        batch_size=bs, workers=workers)
-                key = headline(task)
-                if keep_best and (best is None or entry["val"][key] > best["score"]):
-                    best = {"epoch": epoch + 1, "score": entry["val"][key]}
-                    save_weights(model, out / BEST, logit_names=names, backbone=backbone, task=task)
-            history.append(entry)
-            msg = f"epoch {epoch + 1}/{len(plan)} [{stage['name']}] train loss {entry['train_loss']:.4f}"
-            if "val" in entry:
-                msg += " val " + ", ".join(f"{k} {v:.4f}" for k, v in entry["val"].items())
-            bar.write(msg, file=sys.stderr)
-            checkpoint(epoch + 1, 0, None if epoch + 1 < len(plan) and plan[epoch + 1][0] != si else optimizer)
-            if stop.set or (stop_after_steps is not None and steps_this_call >= stop_after_steps
-                            and epoch + 1 < len(plan)):
-                bar.close()
-                raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}; checkpoint {ckpt_path}")
+        for epoch in range(p.start_epoch, len(t.plan)):
+            optimizer = _epoch_optimizer(t, p, epoch, optimizer)
+            _train_epoch(t, p, epoch, optimizer, stop, bar)
     bar.close()
 
-    if keep_best and best is not None:
-        os.replace(out / BEST, out / WEIGHTS)
+
+def _epoch_optimizer(t: _Training, p: _Progress, epoch: int, optimizer):
+    """The optimizer of the epoch: a fresh one on the stage's parameters when a stage (or this call) starts;
+    a checkpoint's optimizer and scaler states continued in the first epoch of this call."""
+    plan = t.plan
+    si = plan[epoch][0]
+    if optimizer is None or plan[epoch - 1][0] != si:  # a new stage: its parameters, a fresh optimizer
+        stage = t.stages[si]
+        params = _set_stage(t.model, stage)
+        optimizer = make_optimizer(params, t.recipe["optimizer"], stage["lr"])
+    if p.optimizer_state is not None:
+        optimizer.load_state_dict(p.optimizer_state)  # the stage's optimizer continues where it stopped
+    if t.scaler is not None and p.scaler_state is not None:
+        t.scaler.load_state_dict(p.scaler_state)
+    p.optimizer_state = p.scaler_state = None
+    return optimizer
+
+
+def _train_epoch(t: _Training, p: _Progress, epoch: int, optimizer, stop: _StopFlag, bar) -> None:
+    """One epoch: its steps, the validation scores, its history entry and line, a checkpoint, a stop if asked."""
+    plan = t.plan
+    si = plan[epoch][0]
+    stage = t.stages[si]
+    sums, timed, seconds = _train_steps(t, p, epoch, stage, optimizer, stop, bar)
+    entry = _epoch_entry(epoch, stage, sums, timed, seconds)
+    if t.val is not None:
+        entry["val"] = _validate(t, p, epoch)
+    p.history.append(entry)
+    bar.write(_epoch_line(epoch, len(plan), stage, entry), file=sys.stderr)
+    next_stage_starts = epoch + 1 < len(plan) and plan[epoch + 1][0] != si  # it takes a fresh optimizer
+    _write_checkpoint(t, p, epoch + 1, 0, None if next_stage_starts else optimizer)
+    if stop.set or (_steps_used_up(t, p) and epoch + 1 < len(plan)):
+        bar.close()
+        raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}; checkpoint {t.checkpoint_path}")
+
+
+def _train_steps(t: _Training, p: _Progress, epoch: int, stage: dict, optimizer, stop: _StopFlag, bar):
+    """The epoch's steps from where this call starts it; returns ((loss sum, rows, images) of the epoch,
+    images trained by this call, seconds)."""
+    batches = epoch_batches(len(t.train), t.batch_size, t.seed, epoch)
+    resumed = epoch == p.start_epoch
+    step0 = p.start_step if resumed else 0
+    loss_sum, loss_rows, images = p.epoch_sums if resumed else (0.0, 0, 0)
+    n_epochs = len(t.plan)
+    t0, timed = time.perf_counter(), 0  # images/s: of the images this call trained
+    for step, (pos, pixels, errors) in enumerate(_loader(t.train, t.spec, batches[step0:], t.workers), start=step0):
+        loss, rows = _train_batch(t, optimizer, stage, epoch, step, pos, pixels, errors)
+        loss_sum += loss * rows
+        loss_rows += rows
+        images += rows
+        timed += rows
+        p.steps_this_call += 1
+        bar.update(1)
+        rate = timed / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(epoch=f"{epoch + 1}/{n_epochs}", stage=stage["name"],
+                        loss=f"{loss_sum / max(loss_rows, 1):.4f}", img_s=f"{rate:.1f}")
+        if step + 1 < len(batches):
+            _checkpoint_within_epoch(t, p, epoch, step, optimizer, (loss_sum, loss_rows, images), stop, bar)
+    return (loss_sum, loss_rows, images), timed, time.perf_counter() - t0
+
+
+def _train_batch(t: _Training, optimizer, stage: dict, epoch: int, step: int, pos, pixels, errors) -> tuple[float, int]:
+    """One step on the batch's decoded images: (its loss, their count); (0.0, 0) and no step when fewer
+    than two decode."""
+    ok = np.array([not e for e in errors])
+    if ok.sum() < 2:
+        return 0.0, 0
+    sel = torch.from_numpy(ok)
+    loss = train_step(t.model, optimizer, t.loss_fn, t.norm, pixels[sel], _labels_of(t.train, pos[ok], t.device),
+                      stage=stage, aug=t.recipe["augment"], rng=np.random.default_rng([t.seed, epoch, step, 7]),
+                      torch_seed=(t.seed * 1_000_003 + epoch * 100_003 + step) % (2 ** 63),
+                      device=t.device, precision=t.precision, scaler=t.scaler)
+    return loss, int(ok.sum())
+
+
+def _steps_used_up(t: _Training, p: _Progress) -> bool:
+    return t.stop_after_steps is not None and p.steps_this_call >= t.stop_after_steps
+
+
+def _checkpoint_within_epoch(t: _Training, p: _Progress, epoch: int, step: int, optimizer, sums, stop: _StopFlag,
+                             bar) -> None:
+    """After a step that does not end its epoch: a checkpoint every `checkpoint_steps` steps; on a stop
+    (Ctrl-C or stop_after_steps), a checkpoint and KeyboardInterrupt."""
+    interrupted = stop.set or _steps_used_up(t, p)
+    every = t.recipe["checkpoint_steps"]
+    if interrupted or (every and (step + 1) % every == 0):
+        _write_checkpoint(t, p, epoch, step + 1, optimizer, sums)
+    if interrupted:
+        bar.close()
+        raise KeyboardInterrupt(f"stopped at epoch {epoch + 1} step {step + 1}; checkpoint {t.checkpoint_path}")
+
+
+def _epoch_entry(epoch: int, stage: dict, sums, timed: int, seconds: float) -> dict:
+    """The epoch's line of the history (finetune.json "epochs")."""
+    loss_sum, loss_rows, images = sums
+    return {"epoch": epoch + 1, "stage": stage["name"], "train": stage["train"], "lr": stage["lr"],
+            "train_loss": loss_sum / max(loss_rows, 1), "images": images, "seconds": round(seconds, 3),
+            "images_per_s": timed / seconds if seconds > 0 else 0.0}
+
+
+def _validate(t: _Training, p: _Progress, epoch: int) -> dict:
+    """The validation scores after the epoch; with keep_best, a new best epoch's weights in best.safetensors."""
+    scores = evaluate(t.model, t.val, t.spec, device=t.device, precision=t.precision, task=t.task,
+                      batch_size=t.batch_size, workers=t.workers)
+    key = headline(t.task)
+    if t.keep_best and (p.best is None or scores[key] > p.best["score"]):
+        p.best = {"epoch": epoch + 1, "score": scores[key]}
+        save_weights(t.model, t.out / BEST, logit_names=t.names, backbone=t.backbone, task=t.task)
+    return scores
+
+
+def _epoch_line(epoch: int, n_epochs: int, stage: dict, entry: dict) -> str:
+    msg = f"epoch {epoch + 1}/{n_epochs} [{stage['name']}] train loss {entry['train_loss']:.4f}"
+    if "val" in entry:
+        msg += " val " + ", ".join(f"{k} {v:.4f}" for k, v in entry["val"].items())
+    return msg
+
+
+def _save_result(t: _Training, p: _Progress, recipe_source: str | None) -> FinetuneResult:
+    """The kept weights as `<out>/model.safetensors`, the report as finetune.json; the checkpoint removed."""
+    sha, kept = _keep_weights(t, p.best)
+    report = _report(t, p, weights_sha256=sha, kept=kept, recipe_source=recipe_source)
+    _atomic(t.out / REPORT, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    t.checkpoint_path.unlink(missing_ok=True)
+    return FinetuneResult(t.out, t.out / WEIGHTS, sha, report, resumed_from=p.resumed_from)
+
+
+def _keep_weights(t: _Training, best: dict | None) -> tuple[str, str]:
+    """model.safetensors: the best epoch's weights (keep_best), else the last epoch's; returns (sha256, what
+    was kept)."""
+    if t.keep_best and best is not None:
+        os.replace(t.out / BEST, t.out / WEIGHTS)
         from .weights import sha256_file
 
-        sha = sha256_file(out / WEIGHTS)
-        kept = f"best epoch {best['epoch']} by validation {headline(task)} (optimistic: chosen on the rows it is scored on)"
-    else:
-        sha = save_weights(model, out / WEIGHTS, logit_names=names, backbone=backbone, task=task)
-        kept = "last epoch"
-    report = {
-        "format": FORMAT, "config_sha256": fp, "backbone": backbone, "base_weights_sha256": loaded.weights_sha256,
+        kept = (f"best epoch {best['epoch']} by validation {headline(t.task)} "
+                "(optimistic: chosen on the rows it is scored on)")
+        return sha256_file(t.out / WEIGHTS), kept
+    sha = save_weights(t.model, t.out / WEIGHTS, logit_names=t.names, backbone=t.backbone, task=t.task)
+    return sha, "last epoch"
+
+
+def _report(t: _Training, p: _Progress, *, weights_sha256: str, kept: str, recipe_source: str | None) -> dict:
+    """finetune.json: the base model, recipe, data, per-epoch metrics and the result's sha256."""
+    from .inference import describe_device
+
+    loaded, out = t.loaded, t.out
+    return {
+        "format": FORMAT, "config_sha256": t.fingerprint, "backbone": t.backbone,
+        "base_weights_sha256": loaded.weights_sha256,
         "base_weights_path": None if loaded.weights_path is None else str(loaded.weights_path),
-        "base_identity": spec.identity(), "task": task, "logit_names": list(names), "recipe": recipe_doc,
-        "recipe_source": recipe_source, "seed": seed, "device": device_name, "precision": precision,
-        "data": {"train": train.describe, "val": None if val is None else val.describe},
-        "epochs": history, "kept": kept, "best": best, "weights": WEIGHTS, "weights_sha256": sha,
-        "featurize": f"featurize run --backbone {backbone} --weights {out / WEIGHTS} --source-name <name>",
+        "base_identity": t.spec.identity(), "task": t.task, "logit_names": list(t.names), "recipe": t.recipe,
+        "recipe_source": recipe_source, "seed": t.seed, "device": describe_device(t.device), "precision": t.precision,
+        "data": {"train": t.train.describe, "val": None if t.val is None else t.val.describe},
+        "epochs": p.history, "kept": kept, "best": p.best, "weights": WEIGHTS, "weights_sha256": weights_sha256,
+        "featurize": f"featurize run --backbone {t.backbone} --weights {out / WEIGHTS} --source-name <name>",
     }
-    _atomic(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
-    ckpt_path.unlink(missing_ok=True)
-    return FinetuneResult(out, out / WEIGHTS, sha, report, resumed_from=resumed_from)
 
 
 def _forward(model, x, device, precision):

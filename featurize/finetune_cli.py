@@ -64,7 +64,28 @@ def finetune(source, annotations, images, subdir, split, val_annotations, val_im
     featurize finetune --source folders --task lsd --images demo/data/training_set_synthetic_images \\
         --val-images demo/data/validation_set_real_images --backbone enet_b0_8_va_mtl --out ft_lsd
     """
-    from .finetune import FinetuneError, finetune as run, read_finetune_data
+    from .finetune import finetune as run
+
+    doc, recipe_source = _recipe_with_overrides(
+        recipe, optimizer=optimizer, rho=rho, head_epochs=head_epochs, all_epochs=all_epochs, batch_size=batch_size,
+        hflip=hflip, affine=affine, color_jitter=color_jitter, erasing=erasing, mix=mix, mix_alpha=mix_alpha,
+        checkpoint_steps=checkpoint_steps)
+    train, val = _read_train_and_val(source=source, annotations=annotations, images=images, subdir=subdir,
+                                     split=split, val_annotations=val_annotations, val_images=val_images,
+                                     val_subdir=val_subdir, val_split=val_split, task=task, limit=limit)
+    try:
+        result = run(train, task=task, backbone=backbone, weights=weights, out=out, val=val, recipe=doc, seed=seed,
+                     gpu=gpu, precision=precision, keep_best=keep_best, workers=workers, progress=not no_progress,
+                     overwrite=overwrite, recipe_source=recipe_source)
+    except KeyboardInterrupt as e:
+        click.echo(f"interrupted: {e or 'stopped'}; run the same command to continue", err=True)
+        raise SystemExit(130) from None
+    click.echo(str(result))
+
+
+def _recipe_with_overrides(recipe, *, optimizer, rho, head_epochs, all_epochs, batch_size, hflip, affine,
+                           color_jitter, erasing, mix, mix_alpha, checkpoint_steps):
+    """The recipe document with the options given on the command line in place; returns (doc, its source)."""
     from .finetune_recipe import load_finetune_recipe
 
     doc, recipe_source = load_finetune_recipe(recipe)
@@ -79,9 +100,17 @@ def finetune(source, annotations, images, subdir, split, val_annotations, val_im
             st["epochs"] = head_epochs
         if st["train"] == "all" and all_epochs is not None:
             st["epochs"] = all_epochs
-    aug = doc["augment"]
     if batch_size:
         doc["batch_size"] = batch_size
+    _override_augment(doc["augment"], hflip=hflip, affine=affine, color_jitter=color_jitter, erasing=erasing,
+                      mix=mix, mix_alpha=mix_alpha)
+    if checkpoint_steps is not None:
+        doc["checkpoint_steps"] = checkpoint_steps
+    return doc, recipe_source
+
+
+def _override_augment(aug: dict, *, hflip, affine, color_jitter, erasing, mix, mix_alpha) -> None:
+    """The recipe's augmentations with the options given on the command line in place."""
     if hflip is not None:
         aug["hflip"] = hflip
     if affine is not None:
@@ -94,8 +123,13 @@ def finetune(source, annotations, images, subdir, split, val_annotations, val_im
         aug["mix"] = None if mix == "none" else mix
     if mix_alpha is not None:
         aug["mix_alpha"] = mix_alpha
-    if checkpoint_steps is not None:
-        doc["checkpoint_steps"] = checkpoint_steps
+
+
+def _read_train_and_val(*, source, annotations, images, subdir, split, val_annotations, val_images, val_subdir,
+                        val_split, task, limit):
+    """The training rows and the validation rows (None without --val-images), options checked first."""
+    from .finetune import FinetuneError, read_finetune_data
+
     if source == "abaw-mtl" and annotations is None:
         raise FinetuneError("--source abaw-mtl needs --annotations FILE")
     if (val_annotations or val_subdir) and not val_images:
@@ -108,11 +142,4 @@ def finetune(source, annotations, images, subdir, split, val_annotations, val_im
             raise FinetuneError("--source abaw-mtl: --val-images needs --val-annotations FILE")
         val = read_finetune_data(source=source, images=val_images, annotations=val_annotations, subdir=val_subdir,
                                  task=task, split=val_split, role="val")
-    try:
-        result = run(train, task=task, backbone=backbone, weights=weights, out=out, val=val, recipe=doc, seed=seed,
-                     gpu=gpu, precision=precision, keep_best=keep_best, workers=workers, progress=not no_progress,
-                     overwrite=overwrite, recipe_source=recipe_source)
-    except KeyboardInterrupt as e:
-        click.echo(f"interrupted: {e or 'stopped'}; run the same command to continue", err=True)
-        raise SystemExit(130) from None
-    click.echo(str(result))
+    return train, val

@@ -24,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
+from .chunk_read import read_row_range
 from .errors import FingerprintMismatchError, StoreError, identity_diff
 from featheads.core.jsonfile import toolkit_version
 from .faults import checkpoint
@@ -68,10 +69,36 @@ def _read_rows(ds: h5py.Dataset, rows: np.ndarray | None) -> np.ndarray:
     if len(rows) == 0:
         return np.empty((0,) + ds.shape[1:], dtype=ds.dtype)
     lo, hi = int(rows.min()), int(rows.max()) + 1
+    block = read_row_range(ds, lo, hi)
+    if block is None:
+        block = ds[lo:hi]
     if hi - lo == len(rows) and (len(rows) < 2 or bool(np.all(np.diff(rows) == 1))):
-        return ds[lo:hi]  # a contiguous range in order (a split, usually): no gathered copy
-    block = ds[lo:hi]
+        return block  # a contiguous range in order (a split, usually): no gathered copy
     return block[rows - lo]
+
+
+def _read_columns(arrays: list, rows: np.ndarray | None) -> np.ndarray | None:
+    """Several float32 arrays side by side for a contiguous run of rows, each read straight into its
+    columns of one output (no per-array copy to concatenate); None when that does not apply."""
+    n_total = arrays[0].shape[0]
+    lo, hi = (0, n_total) if rows is None else (None, None)
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return None
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if hi - lo != len(rows) or not bool(np.all(np.diff(rows) == 1)):
+            return None
+    if any(a.ndim != 2 or a.dtype != np.float32 for a in arrays):
+        return None
+    widths = [a.shape[1] for a in arrays]
+    X = np.empty((hi - lo, sum(widths)), dtype=np.float32)
+    c = 0
+    for a, w in zip(arrays, widths):
+        if read_row_range(a, lo, hi, out=X[:, c:c + w]) is None:
+            return None
+        c += w
+    return X
 
 
 def _write_rows(ds: h5py.Dataset, rows: np.ndarray, values: np.ndarray) -> None:
@@ -79,6 +106,25 @@ def _write_rows(ds: h5py.Dataset, rows: np.ndarray, values: np.ndarray) -> None:
     rows, values = rows[order], values[order]
     for r0, r1, p0, p1 in _contiguous_runs(rows):
         ds[r0:r1] = values[p0:p1]
+
+
+def _check_unique(keys: list[str], split: str) -> None:
+    if len(set(keys)) != len(keys):
+        seen = set()
+        dup = next(k for k in keys if k in seen or seen.add(k))
+        raise StoreError(f"key {dup!r} appears twice in the rows being added to split {split!r}")
+
+
+def _checked_labels(labels: Mapping[str, np.ndarray] | None, n: int) -> dict[str, np.ndarray]:
+    """Labels of n rows as arrays of their task's dtype; a shape other than the task's is an error."""
+    labels = dict(labels or {})
+    for task, arr in labels.items():
+        t = get_task(task)
+        arr = np.asarray(arr, dtype=t.dtype)
+        if arr.shape != (n,) + t.shape_tail:
+            raise StoreError(f"labels {task!r}: shape {arr.shape}, expected {(n,) + t.shape_tail}")
+        labels[task] = arr
+    return labels
 
 
 class FeatureStore:
@@ -324,63 +370,71 @@ class FeatureStore:
             raise StoreError(f"{self.path}: opened read-only")
         keys = [str(k) for k in keys]
         n = len(keys)
-        if len(set(keys)) != n:
-            seen = set()
-            dup = next(k for k in keys if k in seen or seen.add(k))
-            raise StoreError(f"key {dup!r} appears twice in the rows being added to split {split!r}")
+        _check_unique(keys, split)
         videos = [str(v) for v in videos] if videos is not None else [os.path.dirname(k) for k in keys]
         frames = np.asarray(frames if frames is not None else [-1] * n, dtype=np.int32)
-        labels = dict(labels or {})
-        for task, arr in labels.items():
-            t = get_task(task)
-            arr = np.asarray(arr, dtype=t.dtype)
-            if arr.shape != (n,) + t.shape_tail:
-                raise StoreError(f"labels {task!r}: shape {arr.shape}, expected {(n,) + t.shape_tail}")
-            labels[task] = arr
+        labels = _checked_labels(labels, n)
 
         rows = self.find_rows(keys, missing="ignore")
         old = np.flatnonzero(rows >= 0)
         if len(old):
-            old_split = self._h5["samples/split"].asstr()[()]
-            bad = [i for i in old if old_split[rows[i]] != split]
-            if bad:
-                i = bad[0]
-                raise StoreError(
-                    f"{self.path}: key {keys[i]!r} is already in split {old_split[rows[i]]!r}, not {split!r}"
-                )
-            for task, arr in labels.items():
-                cur = self.labels(task, rows[old])
-                new = arr[old]
-                same = (cur == new) | (np.isnan(cur) & np.isnan(new)) if cur.dtype.kind == "f" else cur == new
-                same = same.reshape(len(old), -1).all(axis=1)
-                if not same.all():
-                    i = old[int(np.flatnonzero(~same)[0])]
-                    raise StoreError(
-                        f"{self.path}: key {keys[i]!r} is already stored with other {task!r} labels"
-                    )
+            self._check_same_split(keys, rows, old, split)
+            self._check_same_labels(keys, rows, old, labels)
         fresh = np.flatnonzero(rows < 0)
         if len(fresh) == 0:
             return rows
+        rows[fresh] = self._append_rows([keys[i] for i in fresh], [videos[i] for i in fresh], split, frames[fresh],
+                                        {task: arr[fresh] for task, arr in labels.items()})
+        return rows
+
+    def _check_same_split(self, keys: list[str], rows: np.ndarray, old: np.ndarray, split: str) -> None:
+        """Keys already in the store (positions `old`) must be of `split`."""
+        old_split = self._h5["samples/split"].asstr()[()]
+        bad = [i for i in old if old_split[rows[i]] != split]
+        if bad:
+            i = bad[0]
+            raise StoreError(
+                f"{self.path}: key {keys[i]!r} is already in split {old_split[rows[i]]!r}, not {split!r}"
+            )
+
+    def _check_same_labels(self, keys: list[str], rows: np.ndarray, old: np.ndarray,
+                           labels: dict[str, np.ndarray]) -> None:
+        """Keys already in the store (positions `old`) must carry the labels they are stored with (NaN == NaN)."""
+        for task, arr in labels.items():
+            cur = self.labels(task, rows[old])
+            new = arr[old]
+            same = (cur == new) | (np.isnan(cur) & np.isnan(new)) if cur.dtype.kind == "f" else cur == new
+            same = same.reshape(len(old), -1).all(axis=1)
+            if not same.all():
+                i = old[int(np.flatnonzero(~same)[0])]
+                raise StoreError(
+                    f"{self.path}: key {keys[i]!r} is already stored with other {task!r} labels"
+                )
+
+    def _append_rows(self, keys: list[str], videos: list[str], split: str, frames: np.ndarray,
+                     labels: dict[str, np.ndarray]) -> np.ndarray:
+        """New rows at the end of every row-aligned dataset (keys first: the fault point "add-samples" follows
+        them); returns their row indices."""
         self._begin_write()
+        n = len(keys)
         start = self.n_rows
-        stop = start + len(fresh)
-        ensure_free_space(self._tmp, self._row_bytes() * len(fresh) + 200 * len(fresh) + (1 << 20),
-                          what=f"{len(fresh)} new rows", store=self.path)
+        stop = start + n
+        ensure_free_space(self._tmp, self._row_bytes() * n + 200 * n + (1 << 20),
+                          what=f"{n} new rows", store=self.path)
         self._resize_all(stop)
         s = self._h5["samples"]
-        s["key"][start:stop] = [keys[i] for i in fresh]
+        s["key"][start:stop] = keys
         checkpoint("add-samples")
-        s["video"][start:stop] = [videos[i] for i in fresh]
-        s["split"][start:stop] = [split] * len(fresh)
-        s["frame"][start:stop] = frames[fresh]
+        s["video"][start:stop] = videos
+        s["split"][start:stop] = [split] * n
+        s["frame"][start:stop] = frames
         for task, arr in labels.items():
             ds = self._require_label_dataset(task)
-            ds[start:stop] = arr[fresh]
-        rows[fresh] = np.arange(start, stop)
+            ds[start:stop] = arr
         if self._key_index is not None:
-            for i, r in zip(fresh, range(start, stop)):
-                self._key_index[keys[i]] = r
-        return rows
+            for key, r in zip(keys, range(start, stop)):
+                self._key_index[key] = r
+        return np.arange(start, stop)
 
     def _row_bytes(self) -> int:
         """Bytes one row takes in the row-aligned numeric datasets (for the free-space check)."""
@@ -612,13 +666,15 @@ class FeatureStore:
 
     def read_features(self, spec: str, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Concatenated features of a spec for `rows` -> (X float32 (n, D), valid bool (n,))."""
-        parts, valid = [], None
-        for src, arr in self.parse_feature_spec(spec):
-            g = self._h5["features"][src]
-            parts.append(_read_rows(g[arr], rows).astype(np.float32, copy=False))
-            ok = _read_rows(g["status"], rows) == STATUS_OK
+        parts, valid = self.parse_feature_spec(spec), None
+        for src in dict.fromkeys(src for src, _ in parts):
+            ok = _read_rows(self._h5["features"][src]["status"], rows) == STATUS_OK
             valid = ok if valid is None else valid & ok
-        X = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        arrays = [self._h5["features"][src][arr] for src, arr in parts]
+        X = _read_columns(arrays, rows) if len(arrays) > 1 else None
+        if X is None:
+            X = np.concatenate([_read_rows(ds, rows).astype(np.float32, copy=False) for ds in arrays], axis=1) \
+                if len(arrays) > 1 else _read_rows(arrays[0], rows).astype(np.float32, copy=False)
         return X, valid
 
     # ------------------------------------------------------------------ predictions

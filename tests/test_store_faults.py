@@ -96,13 +96,29 @@ def dump(path) -> dict:
     return out
 
 
+def same_values(x, y) -> bool:
+    """The same shape and values (NaN equal to NaN)."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.shape != y.shape:
+        return False
+    if x.dtype.kind == "f":
+        return bool(np.array_equal(x, y, equal_nan=True))
+    return x.tolist() == y.tolist()
+
+
+def differing(a: dict, b: dict) -> list[str]:
+    """Names of the datasets in which two dumps differ: in one of them only, or other shapes or values."""
+    return sorted(set(a) ^ set(b)) + [k for k in sorted(set(a) & set(b)) if not same_values(a[k], b[k])]
+
+
+def changed(after: dict, before: dict) -> list[str]:
+    """Names of the datasets of `before` whose rows are not all still there, unchanged, in `after`."""
+    return [k for k, v in before.items() if k not in after or not same_values(np.asarray(after[k])[: len(v)], v)]
+
+
 def assert_same(a: dict, b: dict):
-    assert sorted(a) == sorted(b)
-    for k in a:
-        if a[k].dtype.kind == "f":
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # NaN == NaN
-        else:
-            assert np.asarray(a[k]).tolist() == np.asarray(b[k]).tolist(), k
+    bad = differing(a, b)
+    assert not bad, f"datasets differ: {bad}"
 
 
 def assert_sound(path):
@@ -113,13 +129,8 @@ def assert_sound(path):
 
 def assert_contains(after: dict, before: dict):
     """Everything committed before is still there: the old rows of every old dataset are unchanged."""
-    for k, v in before.items():
-        assert k in after, k
-        got = after[k][: len(v)]
-        if v.dtype.kind == "f":
-            np.testing.assert_array_equal(got, v, err_msg=k)
-        else:
-            assert np.asarray(got).tolist() == np.asarray(v).tolist(), k
+    bad = changed(after, before)
+    assert not bad, f"datasets changed: {bad}"
 
 
 # ---------------------------------------------------------------------- featurize run

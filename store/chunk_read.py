@@ -1,0 +1,84 @@
+"""Row ranges of a feature array read straight from the file's bytes into the output array.
+
+h5py reads a chunked dataset chunk by chunk through HDF5's chunk cache: each chunk lands in a
+buffer of its own and is copied to the output, which costs a page fault per 4 KiB of every chunk
+buffer on top of the copy; a split's features (hundreds of MB) then read at a fraction of the disk
+or page-cache speed. The store's feature arrays are chunked by whole rows, unfiltered and in native
+byte order, so a run of rows inside a chunk is one contiguous byte range of the file: `os.preadv`
+puts it into the output array directly, one system call per chunk, no buffer between.
+
+The bytes are read from the file descriptor HDF5 already holds open, never by path: a writer that
+commits a new version of the store (os.replace) does not change what an open reader reads.
+Anything else (filters, a chunk that spans part of a row, another file driver, a file open for
+writing) returns None and the caller reads through h5py as before.
+"""
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+
+__all__ = ["read_row_range"]
+
+
+def _fast_layout(ds: h5py.Dataset) -> bool:
+    """Chunked by whole rows, no filters, native byte order, a plain dtype, in a file open read-only
+    (a writer's chunk cache may hold rows not yet on disk)."""
+    return (ds.file.mode == "r" and ds.chunks is not None and ds.ndim >= 1 and tuple(ds.chunks[1:]) == tuple(ds.shape[1:])
+            and not ds._filters and ds.dtype.isnative and ds.dtype.kind in "fiub" and hasattr(os, "preadv"))
+
+
+def _file_descriptor(ds: h5py.Dataset) -> int | None:
+    try:
+        fd = ds.file.id.get_vfd_handle()
+    except Exception:  # a driver without a POSIX descriptor (core, family, ...)
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> bool:
+    while len(view):
+        n = os.preadv(fd, [view], offset)
+        if n <= 0:
+            return False  # the file is shorter than HDF5 says: let h5py report it
+        view, offset = view[n:], offset + n
+    return True
+
+
+def read_row_range(ds: h5py.Dataset, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray | None:
+    """Rows lo:hi of `ds` (0 <= lo <= hi <= len(ds)) into `out` (a new array when None; it may be a
+    view such as the columns of a wider array), or None when the dataset's layout is not one this
+    reads (the caller then uses ds[lo:hi]; `out` may hold part of the rows by then)."""
+    if not _fast_layout(ds):
+        return None
+    fd = _file_descriptor(ds)
+    if fd is None:
+        return None
+    if out is None:
+        out = np.empty((hi - lo,) + ds.shape[1:], dtype=ds.dtype)
+    elif out.shape != (hi - lo,) + ds.shape[1:] or out.dtype != ds.dtype:
+        raise ValueError(f"out: shape {out.shape} {out.dtype}, expected {(hi - lo,) + ds.shape[1:]} {ds.dtype}")
+    if hi == lo:
+        return out
+    row_bytes = out.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
+    chunk_rows = ds.chunks[0]
+    direct = out.flags.c_contiguous
+    target = out if direct else np.empty((chunk_rows,) + ds.shape[1:], dtype=ds.dtype)  # one chunk, reused
+    buf = memoryview(target.reshape(-1).view(np.uint8))
+    zeros = (0,) * (ds.ndim - 1)
+    for first in range(lo - lo % chunk_rows, hi, chunk_rows):
+        r0, r1 = max(lo, first), min(hi, first + chunk_rows)
+        info = ds.id.get_chunk_info_by_coord((first,) + zeros)
+        if info.byte_offset is None:  # never written: HDF5 reads the fill value
+            out[r0 - lo:r1 - lo] = ds.fillvalue
+            continue
+        if info.filter_mask or info.size < (r1 - first) * row_bytes:
+            return None
+        start = (r0 - lo) * row_bytes if direct else 0
+        view = buf[start:start + (r1 - r0) * row_bytes]
+        if not _pread_into(fd, view, info.byte_offset + (r0 - first) * row_bytes):
+            return None
+        if not direct:
+            out[r0 - lo:r1 - lo] = target[:r1 - r0]
+    return out
