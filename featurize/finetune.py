@@ -236,15 +236,14 @@ def _atomic(path: Path, write) -> None:
 
 def save_weights(model, path: Path, *, logit_names, backbone: str, task: str) -> str:
     """The network's state dict as safetensors (logit names in the metadata); returns its sha256."""
-    from safetensors.torch import save_file
-
+    from .backbones._safetensors import write_safetensors
     from .backbones._state_dict_weights import LOGIT_NAMES_KEY
     from .weights import sha256_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in network_of(model).state_dict().items()}
     meta = {LOGIT_NAMES_KEY: json.dumps(list(logit_names)), "featheads.backbone": backbone,
             "featheads.task": task, "featheads.format": str(FORMAT)}
-    _atomic(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    _atomic(path, lambda tmp: write_safetensors(tmp, state, meta))
     return sha256_file(path)
 
 

@@ -180,6 +180,24 @@ def test_finetune_lowers_loss_writes_safe_weights_and_report(lsd, tmp_path):
     assert again.already_done and again.weights_sha256 == res.weights_sha256
 
 
+def test_saved_weights_are_the_same_bytes_every_time_and_any_reader_loads_them(tmp_path):
+    """Equal weights, equal file, equal sha256 (the safetensors package's writer orders the metadata
+    at random); the safetensors package and the toolkit's own checked reader both read it back."""
+    from featurize.backbones._safetensors import read_safetensors
+    from featurize.finetune import save_weights
+    from safetensors import safe_open
+
+    model = MiniXception(num_classes=6)
+    shas = {save_weights(model, tmp_path / f"w{i}.safetensors", logit_names=LSD_CLASSES, backbone="fer_mini_xception",
+                         task="lsd") for i in range(4)}
+    assert len(shas) == 1
+    state = model.state_dict()
+    for loaded in (load_file(tmp_path / "w0.safetensors"), read_safetensors(tmp_path / "w0.safetensors")):
+        assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    with safe_open(tmp_path / "w0.safetensors", "pt") as f:
+        assert f.metadata()["featheads.task"] == "lsd"
+
+
 def test_resume_after_kill_9_gives_the_uninterrupted_weights(lsd, tiny_run, tmp_path):
     common = ["finetune", "--source", "folders", "--task", "lsd", "--images", str(lsd["train"]),
               "--backbone", "fer_mini_xception", "--weights", str(lsd["base"]), "--batch-size", "4",

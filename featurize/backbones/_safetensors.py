@@ -92,3 +92,29 @@ def read_safetensors(path) -> "OrderedDict[str, torch.Tensor]":
             flat = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
             out[name] = flat.reshape(shape)
     return out
+
+
+def write_safetensors(path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write tensors as safetensors, byte for byte the same for the same tensors and metadata:
+    tensors in name order, metadata keys sorted, the header padded with spaces to 8 bytes (the
+    safetensors package's own writer orders the metadata at random, so equal weights got other
+    bytes and another sha256 on every save)."""
+    names = {v: k for k, v in DTYPES.items()}
+    header, blobs, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(metadata[k]) for k in sorted(metadata)}
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        if t.dtype not in names:
+            raise ValueError(f"{name}: dtype {t.dtype} has no safetensors name")
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for data in blobs:
+            f.write(data)
