@@ -60,6 +60,7 @@ class TaskBlend:
         self._present = None if present.all() else present.astype(np.float32)  # (R, n)
         self.covered = present.any(axis=0)  # rows with at least one prediction
         self.smoother = smoother
+        self._line = self._line_built = None  # the inputs on the smoother's time line (_line_inputs)
 
     def update_hash(self, h) -> None:
         """Feed the inputs (names, values, presence) into a hashlib object."""
@@ -73,29 +74,22 @@ class TaskBlend:
             raise ValueError(f"no weight for input {missing[0]!r}")
         return np.array([weights[n] for n in self.names], dtype=np.float32)
 
+    def normalised_weights(self, weights: dict[str, float]) -> np.ndarray:
+        """The weights in input order as float32, divided by their sum (checked: >= 0, positive sum)."""
+        w = self.weight_vector(weights)
+        total = float(w.sum())
+        if not np.isfinite(total) or total <= 0 or (w < 0).any():
+            raise ValueError(f"weights must be >= 0 with a positive sum; got {weights}")
+        return (w / np.float32(total)).astype(np.float32)
+
     def scores(self, weights: dict[str, float], smoothing: Smoothing) -> np.ndarray:
         """(C, n) scores of the blend; NaN on rows no input covers.
 
         The one weight rule (tune, apply, report and hand-written specs alike): weights are relative
         and normalised over the inputs present on each row, so 2:1 is 2/3 : 1/3 where both inputs are
         there and the present input alone (weight 1) where the other is missing."""
-        w = self.weight_vector(weights)
-        total = float(w.sum())
-        if not np.isfinite(total) or total <= 0 or (w < 0).any():
-            raise ValueError(f"weights must be >= 0 with a positive sum; got {weights}")
-        w = (w / np.float32(total)).astype(np.float32)
-        # A weighted sum input by input (not a BLAS product: the same bits whatever the threads).
-        out = _weighted_sum(self._cols, w).reshape(self.width, self.n)
-        if self._present is not None:
-            den = _weighted_sum(self._present, w)  # (n,) total weight of the inputs present on each row
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out /= den
-            zero = self.covered & (den <= 0)  # only zero-weight inputs here: take their plain mean
-            if zero.any():
-                cnt = self._present[:, zero].sum(axis=0)
-                plain = self._cols.reshape(len(w), self.width, self.n)[:, :, zero].sum(axis=0)
-                out[:, zero] = plain / cnt
-            out[:, ~self.covered] = np.nan
+        w = self.normalised_weights(weights)
+        out = _blend_rows(self._cols, self._present, self.covered, w, self.width)
         if smoothing.kind != "none":
             if self.smoother is None:
                 raise ValueError("these rows have no frame numbers: smoothing is not available")
@@ -104,11 +98,104 @@ class TaskBlend:
             np.clip(out, -1.0, 1.0, out=out)
         return out
 
+    def scorer(self, positions: np.ndarray) -> "PositionScorer":
+        """`scores(weights, smoothing)[:, positions]` for many parameter sets (a study's trials)."""
+        return PositionScorer(self, positions)
 
-def _weighted_sum(stack: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """sum_r w[r] * stack[r] for a (R, m) stack, in input order."""
-    out = stack[0] * w[0]
-    tmp = np.empty_like(out)
+    def _line_inputs(self) -> np.ndarray | None:
+        """(R, C * padded_length) float32: the inputs on the smoother's padded time line, zero in the
+        cells that hold no row; None when smoothing cannot start from it (an input missing on some
+        row, rows off the line, or values so large that a weighted sum could overflow)."""
+        if self._line_built is None:
+            self._line_built = True
+            sm = self.smoother
+            fits = self._present is None and sm is not None and sm.length > 0 and len(sm.rows) == self.n
+            if fits and (self._cols.size == 0 or float(np.abs(self._cols).max()) < 1e37):
+                R, C = len(self.names), self.width
+                line = np.zeros((R, C, sm.padded_length), dtype=np.float32)
+                line[:, :, sm.max_delta + sm.pos] = self._cols.reshape(R, C, self.n)[:, :, sm.rows]
+                self._line = line.reshape(R, -1)
+        return self._line
+
+
+class PositionScorer:
+    """`blend.scores(weights, smoothing)[:, positions]`, bit for bit, at a fraction of the cost: what
+    a study's objective calls once per trial (blend.tune.study_objective).
+
+    Laid out once per study: the inputs at the positions only (trials without smoothing blend just
+    those), and the inputs on the smoother's padded time line, so that a smoothed trial writes the
+    blend straight onto the line (the very values `TaskBlend.scores` would scatter there), sums the
+    windows with the smoother's own code (`TemporalSmoother.window_sums`) and reads back only the
+    positions. The arithmetic is the same, operation for operation; where this layout does not apply
+    (an input missing on some rows, rows without a frame number) it takes `TaskBlend.scores`.
+    tests/test_blend_tune.py checks the identity.
+    """
+
+    def __init__(self, blend: TaskBlend, positions: np.ndarray):
+        self.blend = blend
+        self.positions = np.asarray(positions, dtype=np.int64)
+        R, C, n = len(blend.names), blend.width, blend.n
+        cols = blend._cols.reshape(R, C, n)[:, :, self.positions]
+        self._cols = np.ascontiguousarray(cols.reshape(R, -1))  # (R, C * m)
+        self._present = None if blend._present is None else np.ascontiguousarray(blend._present[:, self.positions])
+        self._covered = blend.covered[self.positions]
+        self._cells = None  # cells of the positions on the time line, once smoothing is asked for
+        self._work = None
+
+    def __call__(self, weights: dict[str, float], smoothing: Smoothing) -> np.ndarray:
+        b = self.blend
+        if smoothing.kind == "none":
+            out = _blend_rows(self._cols, self._present, self._covered, b.normalised_weights(weights), b.width)
+        else:
+            line = b._line_inputs() if b.smoother is not None else None
+            if line is None:  # the general path
+                return b.scores(weights, smoothing)[:, self.positions]
+            out = self._smoothed(line, b.normalised_weights(weights), smoothing)
+        if b.task == "va":
+            np.clip(out, -1.0, 1.0, out=out)
+        return out
+
+    def _smoothed(self, line: np.ndarray, w: np.ndarray, smoothing: Smoothing) -> np.ndarray:
+        b, sm, C = self.blend, self.blend.smoother, self.blend.width
+        if self._work is None:
+            # rows 0..C-1: the blend on the line; row C: the presence row (1 where a row is), as
+            # TemporalSmoother.smooth_columns lays them out when every row has a value
+            self._work = np.zeros((C + 1, sm.padded_length), dtype=np.float32)
+            self._work[C, sm.max_delta + sm.pos] = 1.0
+            self._tmp = np.empty(C * sm.padded_length, dtype=np.float32)
+            self._cells = sm.cell_of_rows()[self.positions]
+        _weighted_sum(line, w, out=self._work[:C].reshape(-1), tmp=self._tmp)  # a view: onto the line
+        total = sm.window_sums(self._work, smoothing)
+        out = np.take(total[:C], self._cells, axis=1)  # (C, m), rows contiguous
+        out /= np.take(total[C], self._cells)
+        return out
+
+
+def _blend_rows(cols: np.ndarray, present: np.ndarray | None, covered: np.ndarray, w: np.ndarray,
+                width: int) -> np.ndarray:
+    """(C, m) weighted mean of (R, C * m) inputs with normalised weights w, renormalised over the
+    inputs present on each row (present (R, m) float32, None when all are); NaN where none is."""
+    m = cols.shape[1] // width if width else 0
+    # A weighted sum input by input (not a BLAS product: the same bits whatever the threads).
+    out = _weighted_sum(cols, w).reshape(width, m)
+    if present is not None:
+        den = _weighted_sum(present, w)  # (m,) total weight of the inputs present on each row
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out /= den
+        zero = covered & (den <= 0)  # only zero-weight inputs here: take their plain mean
+        if zero.any():
+            cnt = present[:, zero].sum(axis=0)
+            plain = cols.reshape(len(w), width, m)[:, :, zero].sum(axis=0)
+            out[:, zero] = plain / cnt
+        out[:, ~covered] = np.nan
+    return out
+
+
+def _weighted_sum(stack: np.ndarray, w: np.ndarray, out: np.ndarray | None = None,
+                  tmp: np.ndarray | None = None) -> np.ndarray:
+    """sum_r w[r] * stack[r] for a (R, m) stack, in input order (into out, with a work array tmp)."""
+    out = np.multiply(stack[0], w[0], out=out)
+    tmp = np.empty_like(out) if tmp is None else tmp
     for r in range(1, len(w)):
         np.multiply(stack[r], w[r], out=tmp)
         out += tmp
@@ -116,13 +203,28 @@ def _weighted_sum(stack: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def _argmax_columns(s: np.ndarray) -> np.ndarray:
-    """argmax over axis 0 of (C, m), first maximum on ties (as np.argmax), in C vector passes."""
+    """argmax over axis 0 of (C, m), first maximum on ties (as np.argmax), in C vector passes;
+    NaN never wins (a column whose first entry is NaN gives 0)."""
+    m = s.shape[1]
+    idx = np.zeros(m, dtype=np.int64)
+    if s.shape[0] == 0 or m == 0:
+        return idx
     best = s[0].copy()
-    idx = np.zeros(s.shape[1], dtype=np.int64)
+    better = np.empty(m, dtype=bool)
     for c in range(1, s.shape[0]):
-        better = s[c] > best
-        np.copyto(best, s[c], where=better)
-        idx[better] = c
+        np.greater(s[c], best, out=better)
+        np.maximum(best, s[c], out=best)  # = s[c] where better, as long as no NaN is met
+        np.copyto(idx, c, where=better)
+    if np.isnan(best).any():  # np.maximum carries a NaN along: redo those columns NaN-aware
+        cols = np.flatnonzero(np.isnan(best))
+        sub = s[:, cols]
+        top = sub[0].copy()
+        sub_idx = np.zeros(len(cols), dtype=np.int64)
+        for c in range(1, s.shape[0]):
+            gt = sub[c] > top
+            np.copyto(top, sub[c], where=gt)
+            sub_idx[gt] = c
+        idx[cols] = sub_idx
     return idx
 
 

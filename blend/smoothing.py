@@ -112,24 +112,18 @@ class TemporalSmoother:
             cols = cols.astype(np.float64)
         if smoothing.kind == "none" or self.length == 0:
             return cols
-        delta = int(smoothing.delta)
-        if delta > self.max_delta:
-            raise ValueError(f"delta {delta} is larger than this smoother's max_delta {self.max_delta}")
+        self.check(smoothing)
         n_cols = cols.shape[0]
         on_line = cols if self._all_rows_in_order else cols[:, self.rows]  # (C, m)
         ok = np.isfinite(on_line).all(axis=0)  # (m,)
         all_ok = bool(ok.all())
         # The line lives in the middle of a zero-padded buffer kept between calls: cells that hold
         # no row are never written, so they stay 0, and shifted views need no copies.
-        line = self._buffer("line", (n_cols + 1, self.length + 2 * self.max_delta), cols.dtype, zero=True)
+        line = self._buffer("line", (n_cols + 1, self.padded_length), cols.dtype, zero=True)
         cells = line[:, self.max_delta:self.max_delta + self.length]
         cells[:n_cols, self.pos] = on_line if all_ok else np.where(ok, on_line, 0)
         cells[n_cols, self.pos] = ok  # the presence row: sums to the total weight of each window
-        if smoothing.kind == "box":
-            total = self._box_sum(line, delta)
-        else:
-            d = np.arange(delta + 1, dtype=np.float64)
-            total = self._symmetric_sum(line, np.exp(-(d * d) / float(smoothing.sigma)))
+        total = self.window_sums(line, smoothing)
         done = total[:n_cols, self.pos]
         done /= total[n_cols, self.pos]
         if not all_ok:
@@ -139,6 +133,35 @@ class TemporalSmoother:
         out = cols.copy()
         out[:, self.rows] = done
         return out
+
+    @property
+    def padded_length(self) -> int:
+        """Cells of the padded time line that `window_sums` takes: max_delta empty cells each side."""
+        return self.length + 2 * self.max_delta
+
+    def cell_of_rows(self) -> np.ndarray:
+        """(n,) int64: the cell of each row on the (unpadded) time line, -1 for rows not on it."""
+        cells = np.full(self.n, -1, dtype=np.int64)
+        cells[self.rows] = self.pos
+        return cells
+
+    def check(self, smoothing: Smoothing) -> None:
+        if smoothing.kind != "none" and int(smoothing.delta) > self.max_delta:
+            raise ValueError(f"delta {int(smoothing.delta)} is larger than this smoother's max_delta {self.max_delta}")
+
+    def window_sums(self, line: np.ndarray, smoothing: Smoothing) -> np.ndarray:
+        """Window sums of every cell of a padded time line (k, padded_length) -> (k, length).
+
+        The numeric core of `smooth_columns` (which puts the values and a presence row on the
+        line, then divides by the presence row's sums): a pure function of the line's contents,
+        so a caller that lays out the same line itself gets the same bits. The result is a work
+        buffer of this smoother, valid until its next call.
+        """
+        self.check(smoothing)
+        if smoothing.kind == "box":
+            return self._box_sum(line, int(smoothing.delta))
+        d = np.arange(int(smoothing.delta) + 1, dtype=np.float64)
+        return self._symmetric_sum(line, np.exp(-(d * d) / float(smoothing.sigma)))
 
     # Work buffers are kept between calls: fresh multi-megabyte arrays cost page faults on every
     # call, which dominated the time of a trial.

@@ -43,10 +43,10 @@ from .data import BlendData, task_list
 from .folds import grouped_folds
 from .smoothing import KINDS, Smoothing
 from .spec import BlendSpec
-from .storage import describe_storage, is_file_storage, resolve_storage
-from heads.studies import count_trials, file_lock, lock_file, open_study, run_budget
+from .storage import append_trials, describe_storage, finished_trials, is_file_storage, resolve_storage
+from heads.studies import file_lock, lock_file, open_study, run_budget
 
-__all__ = ["TuneResult", "suggest_params", "evaluate", "tune", "study_objective"]
+__all__ = ["TuneResult", "suggest_params", "params_from_values", "evaluate", "tune", "study_objective"]
 
 
 @dataclass
@@ -62,26 +62,46 @@ class TuneResult:
 
 def suggest_task_params(trial, data: BlendData, task: str) -> TaskParams:
     names = data.blends[task].names
+    values = {}
+    if len(names) > 1:
+        for n in names:
+            values[f"{task}.share.{n}"] = trial.suggest_float(f"{task}.share.{n}", 0.0, 1.0)
+    if data.temporal:
+        kind = values[f"{task}.smoothing"] = trial.suggest_categorical(f"{task}.smoothing", KINDS)
+        if kind != "none":
+            top = data.smoother.max_delta
+            values[f"{task}.delta"] = trial.suggest_int(f"{task}.delta", 1, top)
+            if kind == "gaussian":
+                values[f"{task}.sigma"] = trial.suggest_float(f"{task}.sigma", 1.0, 2.0 * top * top, log=True)
+    return task_params_from_values(data, task, values)
+
+
+def task_params_from_values(data: BlendData, task: str, values: dict) -> TaskParams:
+    """A task's parameters from a trial's values (trial.params): what `suggest_task_params` returns."""
+    names = data.blends[task].names
     if len(names) == 1:
         weights = {names[0]: 1.0}
     else:
-        shares = [trial.suggest_float(f"{task}.share.{n}", 0.0, 1.0) for n in names]
+        shares = [values[f"{task}.share.{n}"] for n in names]
         total = sum(shares)
         weights = {n: (s / total if total > 0 else 1.0 / len(names)) for n, s in zip(names, shares)}
     smoothing = Smoothing()
     if data.temporal:
-        kind = trial.suggest_categorical(f"{task}.smoothing", KINDS)
+        kind = values[f"{task}.smoothing"]
         if kind != "none":
-            top = data.smoother.max_delta
-            delta = trial.suggest_int(f"{task}.delta", 1, top)
-            sigma = trial.suggest_float(f"{task}.sigma", 1.0, 2.0 * top * top, log=True) if kind == "gaussian" else None
-            smoothing = Smoothing(kind, delta, sigma)
+            sigma = values[f"{task}.sigma"] if kind == "gaussian" else None
+            smoothing = Smoothing(kind, values[f"{task}.delta"], sigma)
     return TaskParams(weights, smoothing)
 
 
 def suggest_params(trial, data: BlendData) -> dict[str, TaskParams]:
     """Parameters of every task from an Optuna trial (or optuna.trial.FixedTrial(best.params))."""
     return {t: suggest_task_params(trial, data, t) for t in data.tasks}
+
+
+def params_from_values(data: BlendData, values: dict) -> dict[str, TaskParams]:
+    """Parameters of every task from a finished trial's values (study.best_trial.params)."""
+    return {t: task_params_from_values(data, t, values) for t in data.tasks}
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -102,10 +122,16 @@ def evaluate(data: BlendData, params: dict[str, TaskParams], positions: dict[str
 
 def study_objective(data: BlendData, positions: dict[str, np.ndarray], score: str | None = None):
     """The function an Optuna study maximises: the challenge score on `positions` (score "abaw2":
-    the ABAW2 expression score)."""
+    the ABAW2 expression score). The same number as `evaluate`, bit for bit, from scorers laid out
+    once for these positions (blend.combine.PositionScorer)."""
+    scorers = {t: data.blends[t].scorer(positions[t]) for t in data.tasks}
+    labels = {t: data.labels[t][positions[t]] for t in data.tasks}
 
     def objective(trial) -> float:
-        return evaluate(data, suggest_params(trial, data), positions, score)[0]
+        total = 0.0
+        for t, p in suggest_params(trial, data).items():
+            total += fit_score(t, scorers[t](p.weights, p.smoothing), labels[t], score)[0]
+        return total
 
     return objective
 
@@ -118,9 +144,7 @@ def _score_key(task: str, objective: str | None) -> str:
 
 
 def _fixed_params(data: BlendData, study) -> dict[str, TaskParams]:
-    import optuna
-
-    return suggest_params(optuna.trial.FixedTrial(study.best_trial.params), data)
+    return params_from_values(data, study.best_trial.params)
 
 
 def _summary(task: str, per_task: dict[str, dict]) -> dict:
@@ -153,11 +177,21 @@ def _quiet_optuna():
         optuna.logging.set_verbosity(old)
 
 
-def _open_study(storage, storage_label: str, name: str, config: dict, seed: int):
+def _sampler(seed: int, storage_label: str):
+    """TPE with the study's seed. Studies sampled in this process alone (in memory, and file
+    storages, which are sampled against an in-memory copy: _optimize) never hold another worker's
+    running trial, so TPE's constant liar (on by default in recent Optuna) changes none of their
+    trials and only costs passes over the history and a stored attribute per trial: it is off there.
+    Database URLs, where workers share running trials, keep Optuna's default."""
     import optuna
 
+    in_process = storage_label == "memory" or is_file_storage(storage_label)
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=not in_process)
+
+
+def _open_study(storage, storage_label: str, name: str, config: dict, seed: int):
     # open_study: workers started at once on an empty database never race (heads.studies)
-    study = open_study(storage, storage_label, name, sampler=optuna.samplers.TPESampler(seed=seed))
+    study = open_study(storage, storage_label, name, sampler=_sampler(seed, storage_label))
     old = study.user_attrs.get("featheads")
     if old is None:
         if study.trials and not any(t.user_attrs.get("surplus") for t in study.trials):
@@ -177,7 +211,7 @@ def _open_study(storage, storage_label: str, name: str, config: dict, seed: int)
 
 
 def _finished(study) -> int:
-    return count_trials(study, ("COMPLETE",))
+    return finished_trials(study)
 
 
 FLUSH_SECONDS = 2.0  # a buffered study writes its finished trials to the storage at least this often
@@ -188,11 +222,15 @@ def _optimize(study, objective, trials: int, bar, *, buffered: bool, lock_path=N
 
     buffered: sample and evaluate against an in-memory copy of the study and write the finished
     trials to the real storage in batches (every FLUSH_SECONDS, at the end, and on Ctrl-C or an
-    error), one write per trial instead of one per parameter and state change. Used for file
-    storages, where each write is a synced append; each batch is written under a lock file beside
-    the storage (lock_path) and cut to what the study still lacks, so that workers sharing the
-    file stop at exactly `trials`. Database URLs are written directly (heads.studies.run_budget),
-    so that several workers sharing one study see each other's trials at once.
+    error), instead of one write per parameter and state change. Used for file storages, where each
+    write is a synced append: a SQLite file takes a batch in one transaction (blend.storage.
+    append_trials); each batch is written under a lock file beside the storage (lock_path) and cut
+    to what the study still lacks, so that workers sharing the file stop at exactly `trials`.
+    Database URLs are written directly (heads.studies.run_budget), so that several workers sharing
+    one study see each other's trials at once.
+
+    The sampler sees the same history either way (the storage's finished trials, then this
+    process's own), so a new study gives the same trials for a seed in memory and in a file.
     """
     import optuna
 
@@ -200,6 +238,58 @@ def _optimize(study, objective, trials: int, bar, *, buffered: bool, lock_path=N
     if remaining <= 0:
         return
     name = study.study_name
+    complete = optuna.trial.TrialState.COMPLETE
+    best = [None]
+
+    def tick(s, trial):  # the bar, and the best value without asking the storage for it
+        bar.update(1)
+        if trial.state == complete and (best[0] is None or trial.value > best[0]):
+            best[0] = trial.value
+            bar.set_postfix_str(f"{name} best {best[0]:.4f}", refresh=False)
+
+    in_memory = lock_path is None and study._storage.__class__.__name__ == "InMemoryStorage"
+    if not buffered:
+        if in_memory:
+            study.optimize(objective, n_trials=remaining, callbacks=[tick])  # one process: nothing to share
+        else:
+            run_budget(study, objective, trials, callbacks=[_shared_tick(bar, name)])
+        return
+    memory = optuna.create_study(direction="maximize", sampler=study.sampler)
+    history = study.get_trials(deepcopy=False, states=(complete,))
+    memory.add_trials(history)  # the history the sampler learns from
+    if history:
+        best[0] = max(t.value for t in history)
+    pending = []  # finished here, not yet written
+    last_flush = time.monotonic()
+    lacking = remaining  # what the storage lacked at the last flush
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def flush() -> bool:
+        """Write the pending trials (no more than the storage lacks); True when it has them all."""
+        nonlocal last_flush, lacking
+        batch = [_with_worker(t, worker) for t in pending]
+        pending.clear()
+        last_flush = time.monotonic()
+        with file_lock(lock_path):
+            lacking = append_trials(study, batch, trials)  # other workers may have written theirs meanwhile
+        return lacking <= 0
+
+    def collect(s, trial):
+        tick(s, trial)
+        if trial.state == complete:
+            pending.append(trial)  # a copy of the in-memory trial: optimize hands callbacks copies
+        if len(pending) >= lacking or time.monotonic() - last_flush >= FLUSH_SECONDS:
+            if flush():
+                s.stop()
+
+    try:
+        memory.optimize(objective, n_trials=None, callbacks=[collect])
+    finally:
+        flush()
+
+
+def _shared_tick(bar, name: str):
+    """The bar of a study shared as it runs: the best value of every worker's trials."""
 
     def tick(s, trial):
         bar.update(1)
@@ -208,46 +298,12 @@ def _optimize(study, objective, trials: int, bar, *, buffered: bool, lock_path=N
         except ValueError:  # no finished trial yet
             pass
 
-    if not buffered:
-        if lock_path is None and study._storage.__class__.__name__ == "InMemoryStorage":
-            study.optimize(objective, n_trials=remaining, callbacks=[tick])  # one process: nothing to share
-        else:
-            run_budget(study, objective, trials, callbacks=[tick])
-        return
-    complete = optuna.trial.TrialState.COMPLETE
-    memory = optuna.create_study(direction="maximize", sampler=study.sampler)
-    memory.add_trials([t for t in study.trials if t.state == complete])  # the history the sampler learns from
-    written = len(memory.trials)
-    last_flush = time.monotonic()
-    lacking = remaining  # what the storage lacked at the last flush
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    return tick
 
-    def flush() -> bool:
-        """Write the new finished trials (no more than the storage lacks); True when it has them all."""
-        nonlocal written, last_flush, lacking
-        new = [t for t in memory.trials[written:] if t.state == complete]
-        written = len(memory.trials)
-        last_flush = time.monotonic()
-        with file_lock(lock_path):
-            lacking = trials - _finished(study)  # other workers may have written theirs meanwhile
-            if lacking > 0 and new:
-                for t in new[:lacking]:
-                    t.user_attrs = {**t.user_attrs, "worker": worker}  # as heads.studies.run_budget records it
-                study.add_trials(new[:lacking])
-            lacking -= len(new)
-        return lacking <= 0
 
-    def tick_and_flush(s, trial):
-        tick(s, trial)
-        pending = sum(t.state == complete for t in s.trials[written:])
-        if pending >= lacking or time.monotonic() - last_flush >= FLUSH_SECONDS:
-            if flush():
-                s.stop()
-
-    try:
-        memory.optimize(objective, n_trials=None, callbacks=[tick_and_flush])
-    finally:
-        flush()
+def _with_worker(trial, worker: str):
+    trial.user_attrs = {**trial.user_attrs, "worker": worker}  # as heads.studies.run_budget records it
+    return trial
 
 
 def tune(

@@ -35,6 +35,7 @@ import importlib.util
 import os
 import random
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -152,22 +153,23 @@ def resolve_storage(storage: str | None, default_path=None) -> tuple[object, str
         raise UserError(f"--storage {storage}: cannot open as a SQLite study file ({type(e).__name__}: {e})") from None
 
 
+class _WalConnection(sqlite3.Connection):
+    """A SQLite connection in WAL mode with synchronous=NORMAL from its first statement on: safe when
+    a process dies (a power cut may lose the last commits, never the file), and no fsync per commit.
+    Given to Optuna as the connection factory, so that it creates its tables in that mode too (a new
+    study file took half a second of synced writes otherwise)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.execute("PRAGMA journal_mode=WAL")
+        self.execute("PRAGMA synchronous=NORMAL")
+
+
 def _rdb_storage(url: str):
     import optuna
 
     if url.startswith("sqlite:"):
-        storage = optuna.storages.RDBStorage(url)
-        from sqlalchemy import event
-
-        def pragmas(connection, record):
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        event.listen(storage.engine, "connect", pragmas)
-        storage.engine.dispose()  # connections opened from now on get the pragmas
-        return storage
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"factory": _WalConnection}})
     import warnings
 
     with warnings.catch_warnings():
