@@ -44,7 +44,7 @@ from .folds import grouped_folds
 from .smoothing import KINDS, Smoothing
 from .spec import BlendSpec
 from .storage import append_trials, describe_storage, finished_trials, is_file_storage, resolve_storage
-from heads.studies import file_lock, lock_file, open_study, run_budget
+from heads.studies import file_lock, lock_file, open_study, other_settings_error, run_budget
 
 __all__ = ["TuneResult", "suggest_params", "params_from_values", "evaluate", "tune", "study_objective"]
 
@@ -201,12 +201,7 @@ def _open_study(storage, storage_label: str, name: str, config: dict, seed: int)
             )
         study.set_user_attr("featheads", config)
     elif old != config:
-        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-        raise UserError(
-            f"study {name!r} in {describe_storage(storage_label)} was made for other settings "
-            f"({', '.join(f'{k}: {old.get(k)!r} there, {config.get(k)!r} now' for k in diff)}); "
-            "use another --study or --storage to start afresh"
-        )
+        raise other_settings_error(name, storage_label, old, config)
     return study
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from featheads.core.errors import UserError
 
 __all__ = ["resolve_storage", "describe_storage", "is_file_storage", "open_study", "run_budget",
-           "count_trials", "SurplusTrial", "JOURNAL_SUFFIXES", "file_lock", "lock_file"]
+           "count_trials", "other_settings_error", "SurplusTrial", "JOURNAL_SUFFIXES", "file_lock", "lock_file"]
 
 JOURNAL_SUFFIXES = (".log", ".journal")
 POSTGRES_EXTRA = 'pip install -e ".[postgres]" (or pip install "psycopg[binary]")'
@@ -281,3 +281,13 @@ def run_budget(study, objective, trials: int, *, counted=("COMPLETE",), callback
     finally:
         logger.setLevel(level)
     return ran
+
+
+def other_settings_error(name: str, storage_label: str, old: dict, config: dict) -> UserError:
+    """The one-line refusal to continue a study made for other settings, naming the fields that differ."""
+    diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    return UserError(
+        f"study {name!r} in {describe_storage(storage_label)} was made for other settings "
+        f"({', '.join(f'{k}: {old.get(k)!r} there, {config.get(k)!r} now' for k in diff)}); "
+        "use another --study or --storage to start afresh"
+    )

@@ -40,7 +40,7 @@ from .plan import Plan
 from .recipe import RecipeError, choose_backbone, fill_backbone, load_recipe
 from .registry import make_head
 from .search_spaces import SPACES, suggest_params
-from .studies import count_trials, describe_storage, open_study, resolve_storage, run_budget
+from .studies import count_trials, describe_storage, open_study, other_settings_error, resolve_storage, run_budget
 
 __all__ = ["tune_heads", "tune_arrays", "GROUPINGS", "TUNE_TASKS", "task_score", "grouped_folds"]
 
@@ -317,12 +317,7 @@ def _check_config(study, name: str, storage_label: str, config: dict) -> None:
         return
     config = json.loads(json.dumps(config))
     if old != config:
-        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-        raise UserError(
-            f"study {name!r} in {describe_storage(storage_label)} was made for other settings "
-            f"({', '.join(f'{k}: {old.get(k)!r} there, {config.get(k)!r} now' for k in diff)}); "
-            "use another --study or --storage to start afresh"
-        )
+        raise other_settings_error(name, storage_label, old, config)
 
 
 def _write_json(path, doc: dict) -> None:
