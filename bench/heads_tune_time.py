@@ -52,13 +52,13 @@ def run_timed(cmd: list[str]) -> tuple[float, float]:
 
 
 def fit_and_score(store: Path, recipe: str, task: str, train: str, eval_split: str, out: Path,
-                  threads: int) -> tuple[dict, float]:
+                  threads: int) -> dict:
     copy = out.with_suffix(".h5")
     shutil.copyfile(store, copy)  # heads fit writes predictions: never into the user's store
-    wall, _ = run_timed([_cli("heads"), "fit", task, "--store", str(copy), "--recipe", recipe, "--train", train,
+    run_timed([_cli("heads"), "fit", task, "--store", str(copy), "--recipe", recipe, "--train", train,
                          "--eval", eval_split, "--out", str(out), "--no-progress", "--threads", str(threads)])
     copy.unlink()
-    return json.loads((out / "metrics.json").read_text()), wall
+    return json.loads((out / "metrics.json").read_text())
 
 
 def bench_recipe(store: Path, recipe: str, a, work: Path) -> dict:
@@ -67,8 +67,8 @@ def bench_recipe(store: Path, recipe: str, a, work: Path) -> dict:
                            "--train", a.train, "--cv", str(a.cv), "--trials", str(a.trials), "--groups", a.groups,
                            "--seed", str(a.seed), "--out", str(tuned), "--no-progress", "--threads", str(a.threads)])
     record = json.loads(tuned.read_text())["tuning"]["tasks"][a.task]
-    tuned_metrics, _ = fit_and_score(store, str(tuned), a.task, a.train, a.eval, work / f"{tuned.stem}_run", a.threads)
-    base_metrics, _ = fit_and_score(store, recipe, a.task, a.train, a.eval, work / f"{Path(recipe).stem}_run",
+    tuned_metrics = fit_and_score(store, str(tuned), a.task, a.train, a.eval, work / f"{tuned.stem}_run", a.threads)
+    base_metrics = fit_and_score(store, recipe, a.task, a.train, a.eval, work / f"{Path(recipe).stem}_run",
                                     a.threads)
     return {"recipe": recipe, "wall": wall, "cpu": cpu, "trials": record["trials"], "best": record["best_value"],
             "params": record["best_params"], "tuned": tuned_metrics, "base": base_metrics}

@@ -112,7 +112,6 @@ class TemporalSmoother:
             cols = cols.astype(np.float64)
         if smoothing.kind == "none" or self.length == 0:
             return cols
-        self.check(smoothing)
         n_cols = cols.shape[0]
         on_line = cols if self._all_rows_in_order else cols[:, self.rows]  # (C, m)
         ok = np.isfinite(on_line).all(axis=0)  # (m,)

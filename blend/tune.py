@@ -205,10 +205,6 @@ def _open_study(storage, storage_label: str, name: str, config: dict, seed: int)
     return study
 
 
-def _finished(study) -> int:
-    return finished_trials(study)
-
-
 FLUSH_SECONDS = 2.0  # a buffered study writes its finished trials to the storage at least this often
 
 
@@ -229,7 +225,7 @@ def _optimize(study, objective, trials: int, bar, *, buffered: bool, lock_path=N
     """
     import optuna
 
-    remaining = trials - _finished(study)
+    remaining = trials - finished_trials(study)
     if remaining <= 0:
         return
     name = study.study_name
@@ -350,7 +346,7 @@ def tune(
         plans = _study_plans(data, tasks, cv, seed, base, config, storage_obj, storage_label)
         final = plans[-1][0]
 
-        total = sum(max(0, trials - _finished(s)) for s, _, _ in plans)
+        total = sum(max(0, trials - finished_trials(s)) for s, _, _ in plans)
         with tqdm(total=total, desc="blend tune", unit="trial", disable=not progress or total == 0) as bar:
             for study, positions, _ in plans:
                 objective_fn = study_objective(data, positions) if score is None else \
@@ -369,7 +365,7 @@ def tune(
         task=task, split=split, inputs=list(inputs), tasks=params,
         scores={"in_sample": in_sample, "out_of_fold": oof_summary},
         cv=cv_info,
-        study={"name": base, "storage": describe_storage(storage_label), "trials": _finished(final),
+        study={"name": base, "storage": describe_storage(storage_label), "trials": finished_trials(final),
                "best_trial": int(final.best_trial.number), "best_value": float(final.best_value),
                "sampler": "TPESampler", "seed": int(seed), "objective": objective},
         rows={"split": int(len(data.rows)),

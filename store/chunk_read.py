@@ -26,7 +26,7 @@ def _fast_layout(ds: h5py.Dataset) -> bool:
     """Chunked by whole rows, no filters, native byte order, a plain dtype, in a file open read-only
     (a writer's chunk cache may hold rows not yet on disk)."""
     return (ds.file.mode == "r" and ds.chunks is not None and ds.ndim >= 1 and tuple(ds.chunks[1:]) == tuple(ds.shape[1:])
-            and not ds._filters and ds.dtype.isnative and ds.dtype.kind in "fiub" and hasattr(os, "preadv"))
+            and ds.id.get_create_plist().get_nfilters() == 0 and ds.dtype.isnative and ds.dtype.kind in "fiub" and hasattr(os, "preadv"))
 
 
 def _file_descriptor(ds: h5py.Dataset) -> int | None:

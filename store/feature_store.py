@@ -59,46 +59,44 @@ def _contiguous_runs(rows: np.ndarray) -> Iterable[tuple[int, int, int, int]]:
         yield int(rows[a]), int(rows[b - 1]) + 1, int(a), int(b)
 
 
+def _row_span(rows: np.ndarray | None, n: int) -> tuple[int, int, bool]:
+    """(lo, hi, contiguous) of the rows to read: the slice lo:hi covering them, and whether they are
+    exactly that slice in order (rows None: all n rows)."""
+    if rows is None:
+        return 0, n, True
+    if len(rows) == 0:
+        return 0, 0, True
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    return lo, hi, hi - lo == len(rows) and (len(rows) < 2 or bool(np.all(np.diff(rows) == 1)))
+
+
 def _read_rows(ds: h5py.Dataset, rows: np.ndarray | None) -> np.ndarray:
     """Read `rows` of a dataset fast: one slice covering them, then a numpy gather (none when the rows are
     that slice already: a second copy of a split's features would double its memory and the time to fault
     its pages in)."""
-    if rows is None:
-        return ds[()]
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        return np.empty((0,) + ds.shape[1:], dtype=ds.dtype)
-    lo, hi = int(rows.min()), int(rows.max()) + 1
+    rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+    lo, hi, contiguous = _row_span(rows, ds.shape[0])
     block = read_row_range(ds, lo, hi)
     if block is None:
         block = ds[lo:hi]
-    if hi - lo == len(rows) and (len(rows) < 2 or bool(np.all(np.diff(rows) == 1))):
-        return block  # a contiguous range in order (a split, usually): no gathered copy
-    return block[rows - lo]
+    return block if contiguous else block[rows - lo]
 
 
-def _read_columns(arrays: list, rows: np.ndarray | None) -> np.ndarray | None:
-    """Several float32 arrays side by side for a contiguous run of rows, each read straight into its
-    columns of one output (no per-array copy to concatenate); None when that does not apply."""
-    n_total = arrays[0].shape[0]
-    lo, hi = (0, n_total) if rows is None else (None, None)
-    if rows is not None:
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            return None
-        lo, hi = int(rows[0]), int(rows[-1]) + 1
-        if hi - lo != len(rows) or not bool(np.all(np.diff(rows) == 1)):
-            return None
-    if any(a.ndim != 2 or a.dtype != np.float32 for a in arrays):
-        return None
-    widths = [a.shape[1] for a in arrays]
-    X = np.empty((hi - lo, sum(widths)), dtype=np.float32)
-    c = 0
-    for a, w in zip(arrays, widths):
-        if read_row_range(a, lo, hi, out=X[:, c:c + w]) is None:
-            return None
-        c += w
-    return X
+def _read_columns(arrays: list, rows: np.ndarray | None) -> np.ndarray:
+    """Float32 arrays side by side for `rows`: a contiguous run of rows is read straight into each
+    array's columns of one output (no per-array copy to concatenate), anything else per array."""
+    rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+    lo, hi, contiguous = _row_span(rows, arrays[0].shape[0])
+    if contiguous and all(a.ndim == 2 and a.dtype == np.float32 for a in arrays):
+        X = np.empty((hi - lo, sum(a.shape[1] for a in arrays)), dtype=np.float32)
+        c = 0
+        for a in arrays:
+            if read_row_range(a, lo, hi, out=X[:, c:c + a.shape[1]]) is None:
+                break
+            c += a.shape[1]
+        else:
+            return X
+    return np.concatenate([_read_rows(a, rows).astype(np.float32, copy=False) for a in arrays], axis=1)
 
 
 def _write_rows(ds: h5py.Dataset, rows: np.ndarray, values: np.ndarray) -> None:
@@ -671,11 +669,9 @@ class FeatureStore:
             ok = _read_rows(self._h5["features"][src]["status"], rows) == STATUS_OK
             valid = ok if valid is None else valid & ok
         arrays = [self._h5["features"][src][arr] for src, arr in parts]
-        X = _read_columns(arrays, rows) if len(arrays) > 1 else None
-        if X is None:
-            X = np.concatenate([_read_rows(ds, rows).astype(np.float32, copy=False) for ds in arrays], axis=1) \
-                if len(arrays) > 1 else _read_rows(arrays[0], rows).astype(np.float32, copy=False)
-        return X, valid
+        if len(arrays) == 1:
+            return _read_rows(arrays[0], rows).astype(np.float32, copy=False), valid
+        return _read_columns(arrays, rows), valid
 
     # ------------------------------------------------------------------ predictions
     def write_predictions(
