@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 
-from .chunk_read import read_row_range
+from .chunk_read import read_row_range, read_sorted_rows
 from .errors import FingerprintMismatchError, StoreError, identity_diff
 from featheads.core.jsonfile import toolkit_version
 from .faults import checkpoint
@@ -76,10 +76,31 @@ def _read_rows(ds: h5py.Dataset, rows: np.ndarray | None) -> np.ndarray:
     its pages in)."""
     rows = None if rows is None else np.asarray(rows, dtype=np.int64)
     lo, hi, contiguous = _row_span(rows, ds.shape[0])
+    if not contiguous and 0 <= lo and hi <= ds.shape[0]:
+        picked = _read_sparse(ds, rows, lo, hi)
+        if picked is not None:
+            return picked
     block = read_row_range(ds, lo, hi)
     if block is None:
         block = ds[lo:hi]
     return block if contiguous else block[rows - lo]
+
+
+_SYSCALL_BYTES = 1 << 16  # what one more read call costs, in bytes not read: about 16 us of copying
+
+
+def _read_sparse(ds: h5py.Dataset, rows: np.ndarray, lo: int, hi: int) -> np.ndarray | None:
+    """`rows` read run by run when that skips more bytes than its extra read calls cost (scattered
+    temporal windows of a split), else None (the caller reads the covering slice and gathers)."""
+    uniq = np.unique(rows)
+    runs = 1 + int(np.count_nonzero(np.diff(uniq) != 1))
+    row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
+    if (hi - lo - len(uniq)) * row_bytes <= runs * _SYSCALL_BYTES:
+        return None
+    block = read_sorted_rows(ds, uniq)
+    if block is None:
+        return None
+    return block if len(uniq) == len(rows) and bool(np.all(rows[1:] > rows[:-1])) else block[np.searchsorted(uniq, rows)]
 
 
 def _read_columns(arrays: list, rows: np.ndarray | None) -> np.ndarray:

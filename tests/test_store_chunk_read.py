@@ -102,3 +102,46 @@ def test_store_reads_use_it_and_match_h5py(tmp_path, monkeypatch):
         np.testing.assert_array_equal(valid, g["status"][()][rows] == 1)
         np.testing.assert_array_equal(Xp, np.concatenate([g[a][()][picked] for a in arrays], axis=1))
         np.testing.assert_array_equal(vp, g["status"][()][picked] == 1)
+
+
+@pytest.mark.parametrize("rows", [[], [0], [5, 6, 7, 200, 201, 999], list(range(60, 70)) + [640, 703, 704],
+                                  [299, 300, 301, 699, 700]])
+def test_sorted_rows_equal_h5py(h5, rows):
+    from store.chunk_read import read_sorted_rows
+
+    rows = np.asarray(rows, dtype=np.int64)
+    with h5py.File(h5, "r", locking=False) as f:
+        for name in ("x", "status"):
+            got = read_sorted_rows(f[name], rows)
+            want = f[name][()][rows]
+            assert got is not None and got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+        assert read_sorted_rows(f["gz"], rows[rows < 500]) is None
+
+
+def test_scattered_windows_read_only_their_rows(tmp_path, monkeypatch):
+    """A few scattered windows of a long split are read run by run (not the whole span between them),
+    in the order asked for, repeats kept; a dense gather reads the covering slice."""
+    import store.feature_store as fs
+
+    path = tmp_path / "w.h5"
+    rng = np.random.default_rng(1)
+    with h5py.File(path, "w") as f:
+        data = rng.normal(size=(20000, 64)).astype("f4")
+        f.create_dataset("e", data=data, chunks=(128, 64))
+    spans = []
+    real = fs.read_row_range
+
+    def counting(ds, lo, hi, out=None):
+        spans.append(hi - lo)
+        return real(ds, lo, hi, out)
+
+    monkeypatch.setattr(fs, "read_row_range", counting)
+    centres = rng.integers(4, 19996, size=50)
+    rows = (centres[:, None] + np.arange(-4, 5)).ravel()  # out of order, overlapping windows repeat rows
+    with h5py.File(path, "r", locking=False) as f:
+        np.testing.assert_array_equal(fs._read_rows(f["e"], rows), data[rows])
+        assert spans == []  # no covering slice was read
+        dense = np.arange(100, 19000, 2)
+        np.testing.assert_array_equal(fs._read_rows(f["e"], dense[::-1]), data[dense[::-1]])
+        assert spans == [dense[-1] + 1 - dense[0]]
