@@ -25,6 +25,7 @@ from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 
 from .evaluate import evaluate
+from .feature_cache import FeatureCache
 from .landmarks import landmark_targets
 from .plan import JOINT_TASKS, Plan, training_target
 from .predicting import predict_rows, write_predictions
@@ -73,7 +74,8 @@ def _entries(doc: dict, source: str, tasks, joint: bool) -> list[tuple[str, dict
     return [(t, doc["tasks"][t]) for t in tasks]
 
 
-def _training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray, source: str, aux=None):
+def _training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray, source: str, aux=None,
+                   features: FeatureCache | None = None):
     """(X, y, groups) for one head: the labelled training rows with valid features; groups = videos."""
     videos = st.samples(train_rows)["video"]
     if plan.key == "joint":
@@ -88,7 +90,7 @@ def _training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray, source:
         what = "any of expr, va, au" if plan.key == "joint" else f"a {plan.key!r}"
         raise UserError(f"{st.path}: no row of the training split has {what} label")
     rows = train_rows[mask]
-    X, valid = st.read_features(plan.features, rows)
+    X, valid = st.read_features(plan.features, rows) if features is None else features.read(plan.features, rows)
     if not valid.any():
         raise UserError(f"{st.path}: no labelled training row has valid features {plan.features!r} "
                         f"({source}: {plan.key})")
@@ -130,10 +132,13 @@ def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="v
         if keep_members:  # checked before fitting anything
             _check_members(st, plans, name, source, overwrite)
         sources = _source_identities(st, plans, source)
-        fitted, info = _fit_plans(st, plans, train_rows, source=source, aux=aux, seed=seed, progress=progress)
+        features = FeatureCache(st)  # each spec read once, for training and predicting
+        fitted, info = _fit_plans(st, plans, train_rows, source=source, aux=aux, seed=seed, progress=progress,
+                                  features=features)
         rows = st.rows()
-        preds = predict_rows(st, fitted, rows, progress=progress)
-        member_preds = _member_predictions(st, fitted, rows, name, progress) if keep_members else {}
+        preds = predict_rows(st, fitted, rows, progress=progress, features=features)
+        member_preds = _member_predictions(st, fitted, rows, name, progress, features) if keep_members else {}
+        del features
         pos = np.searchsorted(rows, eval_rows)
         labels = {t: st.labels(t, eval_rows) for t in preds}
         metrics = {"split": eval, **evaluate(labels, {t: p[pos] for t, p in preds.items()})}
@@ -189,7 +194,8 @@ def _source_identities(st, plans, source: str) -> dict:
     return sources
 
 
-def _fit_plans(st, plans, train_rows, *, source: str, aux, seed: int, progress: bool) -> tuple[list, dict]:
+def _fit_plans(st, plans, train_rows, *, source: str, aux, seed: int, progress: bool,
+               features: FeatureCache | None = None) -> tuple[list, dict]:
     """Fit every plan's head on the training rows -> ([(plan, fitted head)], {key: what run.json records})."""
     fitted, info = [], {}
     bar = tqdm(plans, desc="fit", unit="head", disable=not progress)
@@ -199,7 +205,7 @@ def _fit_plans(st, plans, train_rows, *, source: str, aux, seed: int, progress: 
         if is_temporal(plan):  # all rows of the training videos, with frame numbers (heads.temporal)
             X, Y, groups, context["frames"] = temporal_training_data(st, plan, train_rows)
         else:
-            X, Y, groups = _training_data(st, plan, train_rows, source, aux)
+            X, Y, groups = _training_data(st, plan, train_rows, source, aux, features)
         try:
             head = make_head(plan.head, plan.kind, plan.params, n_classes=plan.n_classes, seed=seed)
             if "verbose" in head.get_params():
@@ -217,14 +223,15 @@ def _fit_plans(st, plans, train_rows, *, source: str, aux, seed: int, progress: 
     return fitted, info
 
 
-def _member_predictions(st, fitted: list, rows: np.ndarray, name: str, progress: bool) -> dict:
+def _member_predictions(st, fitted: list, rows: np.ndarray, name: str, progress: bool,
+                        features: FeatureCache | None = None) -> dict:
     """{"<name>.m<i>": predictions} of the members of the bagged heads (heads.bagging); one run per
     member index, holding member i of every bagged head of the run."""
     out: dict = {}
     bags = [(plan, head) for plan, head in fitted if hasattr(head, "members_")]
     for i in range(max(len(h.members_) for _, h in bags)):
         members = [(plan, h.members_[i]) for plan, h in bags if i < len(h.members_)]
-        out[f"{name}.m{i}"] = predict_rows(st, members, rows, progress=progress)
+        out[f"{name}.m{i}"] = predict_rows(st, members, rows, progress=progress, features=features)
     return out
 
 

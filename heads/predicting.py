@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 
+from .feature_cache import FeatureCache
 from .plan import OUTPUT_NAMES, head_scores
 from .run_folder import read_run
 from .temporal_rows import predict_temporal
@@ -18,8 +19,11 @@ from .temporal_rows import predict_temporal
 _CHUNK_ROWS = 32768
 
 
-def predict_rows(st: FeatureStore, fitted: list, rows: np.ndarray, *, progress: bool = False) -> dict:
-    """task -> (len(rows), C) float32 scores of every fitted head; NaN where its features are invalid."""
+def predict_rows(st: FeatureStore, fitted: list, rows: np.ndarray, *, progress: bool = False,
+                 features: FeatureCache | None = None) -> dict:
+    """task -> (len(rows), C) float32 scores of every fitted head; NaN where its features are invalid.
+    features: where the heads' features come from (a FeatureCache shared with fitting), else read from
+    the store chunk by chunk."""
     out = {}
     for plan, _ in fitted:
         for task in plan.tasks:
@@ -32,9 +36,10 @@ def predict_rows(st: FeatureStore, fitted: list, rows: np.ndarray, *, progress: 
                 continue
             for start in range(0, len(rows), _CHUNK_ROWS):
                 chunk = rows[start:start + _CHUNK_ROWS]
-                X, valid = st.read_features(plan.features, chunk)
+                X, valid = (st.read_features(plan.features, chunk) if features is None
+                            else features.read(plan.features, chunk))
                 if valid.any():
-                    for task, s in head_scores(plan, head, X[valid]).items():
+                    for task, s in head_scores(plan, head, X if valid.all() else X[valid]).items():
                         out[task][start:start + len(chunk)][valid] = s
                 bar.update(len(chunk))
     return out
