@@ -23,7 +23,7 @@ from .regression_output import RegressionOutputMixin
 from .targets import au_bce_weights, check_binary_matrix, class_weights, encode_classes
 from .torch_training import (
     ACTIVATIONS, MLP, as_feature_tensor, check_choice, feature_stats, forward_chunks, holdout_split,
-    seeded, train,
+    seeded, train, training_threads,
 )
 
 __all__ = ["MLPClassifierHead", "MLPMultilabelHead", "MLPRegressorHead"]
@@ -83,7 +83,8 @@ class _MLPHead(BaseEstimator):
         if self.early_stopping:
             fit_rows, held = holdout_split(n, self.validation_fraction, groups, rng)
         loss = self._make_loss(y_fit[fit_rows])
-        with seeded(int(rng.integers(2**31)), self.n_threads):
+        widths = [Xt.shape[1], *(int(h) for h in self.hidden_layer_sizes), n_outputs]
+        with seeded(int(rng.integers(2**31)), training_threads(self.n_threads, widths, self.batch_size)):
             fit_t = torch.from_numpy(fit_rows)
             net = self._build(Xt.shape[1], n_outputs)
             mean, inv_std = feature_stats(Xt, fit_t)

@@ -36,7 +36,7 @@ from .mixup import check_mixup, mix_pairs, mixed_targets, soft_focal_multiclass
 from .regression_output import RegressionOutputMixin
 from .targets import au_bce_weights, class_weights
 from .temporal_windows import WindowIndex
-from .torch_training import Adam, InputLinear, as_feature_tensor, check_choice, feature_stats, seeded
+from .torch_training import FlatAdam, FlatParameters, InputLinear, as_feature_tensor, check_choice, feature_stats, seeded
 
 __all__ = [
     "GRUClassifierHead", "GRUMultilabelHead", "GRURegressorHead",
@@ -96,27 +96,29 @@ class TemporalNet(nn.Module):
         return self.forward_projected(self.project(x), mask)
 
 
-class SGD:
-    """SGD with momentum and coupled L2 weight decay (torch.optim.SGD's update), written out for the
-    same reason as torch_training.Adam (torch.optim imports torch._dynamo on first step)."""
+# Training steps are small (batch_size windows x W frames: ~300 rows through layers 128 wide), and on
+# small operations OpenMP's fork/join costs more than a second thread gains: one thread fitted and predicted the
+# s-Aff-Wild2-size heads 1.5x (gru expr: 163 -> 107 s, transformer va: 153 -> 117 s) faster than two on
+# 2 cores (bench/heads_temporal.py). Prediction (chunks of thousands of windows) keeps all threads.
+_TRAIN_THREADS = 1
 
-    def __init__(self, param_groups, lr: float, momentum: float = 0.9):
-        self.params = [(p, wd) for ps, wd in param_groups for p in ps]
-        self.lr, self.momentum = lr, momentum
-        self.buf = [torch.zeros_like(p) for p, _ in self.params]
+
+class FlatSGD:
+    """SGD with momentum and coupled L2 weight decay (torch.optim.SGD's update) on FlatParameters,
+    written out for the same reason as torch_training.Adam (torch.optim imports torch._dynamo on
+    first step)."""
+
+    def __init__(self, flat: FlatParameters, lr: float, momentum: float = 0.9):
+        self.flat, self.lr, self.momentum = flat, lr, momentum
+        self.buf = torch.zeros_like(flat.data)
 
     def zero_grad(self) -> None:
-        for p, _ in self.params:
-            p.grad = None
+        self.flat.zero_grad()
 
     @torch.no_grad()
     def step(self) -> None:
-        for (p, wd), b in zip(self.params, self.buf):
-            if p.grad is None:
-                continue
-            g = p.grad if not wd else p.grad.add(p, alpha=wd)
-            b.mul_(self.momentum).add_(g)
-            p.add_(b, alpha=-self.lr)
+        self.buf.mul_(self.momentum).add_(self.flat.gradient())
+        self.flat.data.add_(self.buf, alpha=-self.lr)
 
 
 class _TemporalHead(BaseEstimator):
@@ -201,7 +203,7 @@ class _TemporalHead(BaseEstimator):
             raise ValueError("no row has both a label and valid features")
         self._loss_rows = np.flatnonzero(labelled)
         rng = np.random.default_rng(self.random_state)
-        with seeded(int(rng.integers(2**31)), self.n_threads):
+        with seeded(int(rng.integers(2**31)), self.n_threads or _TRAIN_THREADS):
             net = self._build(Xt.shape[1], n_outputs)
             mean, inv_std = feature_stats(Xt, torch.from_numpy(np.flatnonzero(valid)))
             net.proj.mean.copy_(mean)
@@ -226,10 +228,10 @@ class _TemporalHead(BaseEstimator):
     def _optimizer(self, net):
         decay = [p for p in net.parameters() if p.ndim > 1]
         no_decay = [p for p in net.parameters() if p.ndim <= 1]
-        groups = [(decay, 2.0 * float(self.l2)), (no_decay, 0.0)]
+        flat = FlatParameters([(decay, 2.0 * float(self.l2)), (no_decay, 0.0)])  # every parameter gets a gradient
         if self.optimizer == "sgd":
-            return SGD(groups, lr=float(self.learning_rate), momentum=float(self.momentum))
-        return Adam(groups, lr=float(self.learning_rate))
+            return FlatSGD(flat, lr=float(self.learning_rate), momentum=float(self.momentum))
+        return FlatAdam(flat, lr=float(self.learning_rate))
 
     def _train(self, net, Xt, index: WindowIndex, targets, labelled: np.ndarray, rng) -> dict:
         opt = self._optimizer(net)
@@ -270,6 +272,7 @@ class _TemporalHead(BaseEstimator):
             history["loss_curve"].append(total / max(count, 1))
             history["n_epochs"] = epoch + 1
             bar.set_postfix(loss=f"{history['loss_curve'][-1]:.4f}", refresh=False)
+        opt.flat.release()
         net.eval()
         return history
 
@@ -338,6 +341,8 @@ _COMMON_DOC = """
     bidirectional (GRU only); n_heads, ff_size (Transformer only). Training: epochs, batch_size
     (windows), learning_rate, l2, optimizer "adam" | "sgd" (momentum, lr_milestones, lr_gamma: the
     learning rate is multiplied by lr_gamma at each milestone epoch), mixup (heads.mixup).
+    n_threads: torch threads while training (None: one, faster than more for these small steps) and
+    predicting (None: torch's default).
 """
 
 

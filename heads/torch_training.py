@@ -128,6 +128,23 @@ def holdout_split(n: int, fraction: float, groups, rng: np.random.Generator) -> 
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
+# Multiply-adds of one training step (batch x the network's layers) below which one torch thread trains
+# faster than two: OpenMP's fork/join on each small operation costs more than the second core gains.
+# On 2 cores (bench/heads_scale.py, 100k rows): `paper`'s VA head (10 -> 2) 4.1 s on two threads, 2.6 s
+# on one; its EXPR head (1290 -> 8) 4.9 s vs 4.4 s; its AU head (1290 -> 128 -> 12, 85M per step) is
+# faster on two.
+SMALL_STEP_MACS = 20_000_000
+
+
+def training_threads(requested: int | None, widths, batch_size: int) -> int | None:
+    """Threads to train a network of layer `widths` (inputs, hidden..., outputs) with: `requested`
+    when given, else 1 for small steps (SMALL_STEP_MACS), else None (torch's setting)."""
+    if requested:
+        return int(requested)
+    macs = int(batch_size) * sum(int(a) * int(b) for a, b in zip(widths[:-1], widths[1:]))
+    return 1 if macs < SMALL_STEP_MACS else None
+
+
 @contextlib.contextmanager
 def seeded(seed: int, n_threads: int | None):
     """Run the block with torch's global RNG seeded (restored afterwards) and optionally n threads."""
@@ -173,6 +190,69 @@ class Adam:
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             p.addcdiv_(m, (v.sqrt() / bias2).add_(self.eps), value=-step_size)
+
+
+class FlatParameters:
+    """A model's parameters moved into one contiguous tensor (each parameter a view of it), their
+    gradients into another (autograd accumulates into the views in place), with a per-element weight
+    decay. An optimiser step is then a handful of operations on one tensor instead of a handful per
+    parameter: a 2-layer Transformer has 26 parameter tensors, and on 2 CPU cores the per-tensor
+    operations of Adam cost more than the small network's forward and backward.
+
+    Only for models whose every parameter gets a gradient on every step (a parameter without one
+    would still move with its momentum, where torch's optimisers skip it). param_groups:
+    [(params, weight_decay), ...]. `release()` gives each parameter its own storage back."""
+
+    def __init__(self, param_groups):
+        self.params = [(p, float(wd)) for ps, wd in param_groups for p in ps]
+        total = sum(p.numel() for p, _ in self.params)
+        self.data = torch.empty(total)
+        self.grad = torch.zeros(total)
+        self.weight_decay = torch.empty(total)
+        offset = 0
+        for p, wd in self.params:
+            n = p.numel()
+            self.data[offset:offset + n].copy_(p.detach().reshape(-1))
+            p.data = self.data[offset:offset + n].view_as(p)
+            p.grad = self.grad[offset:offset + n].view_as(p)
+            self.weight_decay[offset:offset + n] = wd
+            offset += n
+        self.any_decay = any(wd for _, wd in self.params)
+
+    def zero_grad(self) -> None:
+        self.grad.zero_()
+
+    def gradient(self) -> torch.Tensor:
+        """The gradient with the coupled L2 term: grad + weight_decay * param."""
+        return self.grad.addcmul(self.weight_decay, self.data) if self.any_decay else self.grad
+
+    def release(self) -> None:
+        for p, _ in self.params:
+            p.data = p.data.clone()
+            p.grad = None
+
+
+class FlatAdam:
+    """torch_training.Adam's update on FlatParameters: the same arithmetic, element by element."""
+
+    def __init__(self, flat: FlatParameters, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.flat, self.lr, self.betas, self.eps, self.t = flat, lr, betas, eps, 0
+        self.m = torch.zeros_like(flat.data)
+        self.v = torch.zeros_like(flat.data)
+
+    def zero_grad(self) -> None:
+        self.flat.zero_grad()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        step_size = self.lr / (1 - b1 ** self.t)
+        bias2 = math.sqrt(1 - b2 ** self.t)
+        g = self.flat.gradient()
+        self.m.mul_(b1).add_(g, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        self.flat.data.addcdiv_(self.m, (self.v.sqrt() / bias2).add_(self.eps), value=-step_size)
 
 
 def train(model: nn.Module, X: torch.Tensor, train_rows: torch.Tensor, loss_fn, *, epochs: int,
