@@ -138,8 +138,8 @@ def main(argv=None) -> None:
                    f"Synthetic s-Aff-Wild2-size store written in {t_store:.0f} s. split: the train split's "
                    f"embeddings ({len(rows):,} x {EMB}); spec: embeddings+logits; windows: {WINDOWS:,} random "
                    f"windows of {WINDOW} frames. Raw: np.fromfile (split, spec) / np.memmap gather (windows) of "
-                   f"the same float32 bytes; cold: pages dropped with posix_fadvise before each read; warm: the fastest "
-                   f"of {a.repeat} reads, store and raw alike.\n\n"
+                   f"the same float32 bytes; cold: pages dropped with posix_fadvise before each read; warm: the "
+                   f"fastest of {a.repeat} reads, store and raw alike.\n\n"
                    f"{table}\n\nLoad average at the end: {os.getloadavg()[0]:.1f}.\n")
         with open(ROOT / "bench" / "RESULTS.md", "a") as f:
             f.write(section)

@@ -33,6 +33,3 @@ class FeatureCache:
         if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and bool(np.all(np.diff(rows) == 1)):
             return X[rows[0]:rows[-1] + 1], valid[rows[0]:rows[-1] + 1]  # a run of rows: views, no copy
         return X[rows], valid[rows]
-
-    def release(self, spec: str) -> None:
-        self._arrays.pop(spec, None)

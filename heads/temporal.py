@@ -36,7 +36,9 @@ from .mixup import check_mixup, mix_pairs, mixed_targets, soft_focal_multiclass
 from .regression_output import RegressionOutputMixin
 from .targets import au_bce_weights, class_weights
 from .temporal_windows import WindowIndex
-from .torch_training import FlatAdam, FlatParameters, InputLinear, as_feature_tensor, check_choice, feature_stats, seeded
+from .torch_training import (
+    FlatAdam, FlatParameters, InputLinear, as_feature_tensor, check_choice, feature_stats, seeded,
+)
 
 __all__ = [
     "GRUClassifierHead", "GRUMultilabelHead", "GRURegressorHead",
@@ -97,9 +99,9 @@ class TemporalNet(nn.Module):
 
 
 # Training steps are small (batch_size windows x W frames: ~300 rows through layers 128 wide), and on
-# small operations OpenMP's fork/join costs more than a second thread gains: one thread fitted and predicted the
-# s-Aff-Wild2-size heads 1.5x (gru expr: 163 -> 107 s, transformer va: 153 -> 117 s) faster than two on
-# 2 cores (bench/heads_temporal.py). Prediction (chunks of thousands of windows) keeps all threads.
+# small operations OpenMP's fork/join costs more than a second thread gains. At the s-Aff-Wild2 size on
+# 2 cores (bench/heads_temporal.py, fit + predict): gru expr 163 s on two threads, 107 s on one;
+# transformer va 153 s vs 117 s. Prediction (chunks of thousands of windows) keeps all threads.
 _TRAIN_THREADS = 1
 
 

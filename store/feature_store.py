@@ -100,7 +100,9 @@ def _read_sparse(ds: h5py.Dataset, rows: np.ndarray, lo: int, hi: int) -> np.nda
     block = read_sorted_rows(ds, uniq)
     if block is None:
         return None
-    return block if len(uniq) == len(rows) and bool(np.all(rows[1:] > rows[:-1])) else block[np.searchsorted(uniq, rows)]
+    if len(uniq) == len(rows) and bool(np.all(rows[1:] > rows[:-1])):
+        return block  # the rows were sorted and distinct already
+    return block[np.searchsorted(uniq, rows)]
 
 
 def _read_columns(arrays: list, rows: np.ndarray | None) -> np.ndarray:

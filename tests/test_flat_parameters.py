@@ -66,3 +66,43 @@ def test_flat_adam_and_sgd_equal_the_per_parameter_updates():
     flat.release()
     for (name, a), (_, b) in zip(ref.state_dict().items(), flat_net.state_dict().items()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_training_threads_one_for_small_steps_unless_asked():
+    from heads.torch_training import training_threads
+
+    assert training_threads(None, [10, 2], 512) == 1  # paper's VA layer
+    assert training_threads(None, [1290, 8], 512) == 1  # paper's EXPR layer
+    assert training_threads(None, [1290, 128, 12], 512) is None  # paper's AU network: torch's setting
+    assert training_threads(3, [10, 2], 512) == 3
+
+
+def test_temporal_and_small_heads_train_on_one_thread(monkeypatch):
+    """The thread count in force while a head's training loop runs (torch.get_num_threads inside train)."""
+    import numpy as np
+
+    import heads.mlp as mlp
+    import heads.temporal as temporal
+    from heads.registry import make_head
+
+    seen = {}
+    real_train, real_loop = mlp.train, temporal._TemporalHead._train
+
+    def spy_train(*a, **k):
+        seen["mlp"] = torch.get_num_threads()
+        return real_train(*a, **k)
+
+    def spy_loop(self, *a, **k):
+        seen["temporal"] = torch.get_num_threads()
+        return real_loop(self, *a, **k)
+
+    monkeypatch.setattr(mlp, "train", spy_train)
+    monkeypatch.setattr(temporal._TemporalHead, "_train", spy_loop)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    before = torch.get_num_threads()
+    make_head("mlp", "regression", {"epochs": 1}, n_classes=None, seed=0).fit(X, rng.normal(size=(200, 2)))
+    make_head("gru", "regression", {"epochs": 1, "hidden_size": 8}, n_classes=None, seed=0).fit(
+        X, rng.normal(size=(200, 2)), groups=np.repeat([0, 1], 100), frames=np.tile(np.arange(100), 2))
+    assert seen == {"mlp": 1, "temporal": 1}
+    assert torch.get_num_threads() == before

@@ -1,0 +1,39 @@
+"""heads fit reads each feature spec from the store once (heads.feature_cache), and its predictions are
+those of a fit that reads the store per head and per prediction chunk."""
+from __future__ import annotations
+
+import numpy as np
+
+from heads.fitting import fit_mtl
+from heads_fixtures import make_mtl_store
+from store.feature_store import FeatureStore
+
+
+def test_each_spec_is_read_once_and_predictions_match_uncached_reads(tmp_path, monkeypatch):
+    import heads.fitting as fitting
+
+    store = tmp_path / "s.h5"
+    make_mtl_store(store)
+    reads = []
+    real = FeatureStore.read_features
+
+    def counting(self, spec, rows=None):
+        reads.append(spec)
+        return real(self, spec, rows)
+
+    monkeypatch.setattr(FeatureStore, "read_features", counting)
+    fit_mtl(store, "paper", out=tmp_path / "cached", progress=False)
+    assert sorted(reads) == sorted(set(reads)) and len(reads) == 2  # embeddings+logits (expr, au), logits (va)
+
+    class NoCache:  # the reads as before the cache: per head, then per prediction chunk
+        def __init__(self, st):
+            self.st = st
+
+        def read(self, spec, rows=None):
+            return self.st.read_features(spec, rows)
+
+    monkeypatch.setattr(fitting, "FeatureCache", NoCache)
+    fit_mtl(store, "paper", out=tmp_path / "direct", progress=False)
+    with FeatureStore.open(store) as st:
+        for task in ("expr", "va", "au"):
+            np.testing.assert_array_equal(st.read_predictions("cached", task), st.read_predictions("direct", task))
