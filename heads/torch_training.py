@@ -177,16 +177,20 @@ class Adam:
         for p, _ in self.params:
             p.grad = None
 
+    def _moments(self):
+        """(parameter, gradient with the L2 term, first moment, second moment) of each parameter to update."""
+        for (p, wd), m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:  # not used by this batch's loss (e.g. a task without labels in it): as torch
+                continue
+            yield p, (p.grad if not wd else p.grad.add(p, alpha=wd)), m, v
+
     @torch.no_grad()
     def step(self) -> None:
         self.t += 1
         b1, b2 = self.betas
         step_size = self.lr / (1 - b1 ** self.t)
         bias2 = math.sqrt(1 - b2 ** self.t)
-        for (p, wd), m, v in zip(self.params, self.m, self.v):
-            if p.grad is None:  # not used by this batch's loss (e.g. a task without labels in it): as torch
-                continue
-            g = p.grad if not wd else p.grad.add(p, alpha=wd)
+        for p, g, m, v in self._moments():
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             p.addcdiv_(m, (v.sqrt() / bias2).add_(self.eps), value=-step_size)
@@ -232,8 +236,8 @@ class FlatParameters:
             p.grad = None
 
 
-class FlatAdam:
-    """torch_training.Adam's update on FlatParameters: the same arithmetic, element by element."""
+class FlatAdam(Adam):
+    """Adam's update (the same `step`) on FlatParameters: one parameter tensor, one gradient."""
 
     def __init__(self, flat: FlatParameters, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.flat, self.lr, self.betas, self.eps, self.t = flat, lr, betas, eps, 0
@@ -243,16 +247,8 @@ class FlatAdam:
     def zero_grad(self) -> None:
         self.flat.zero_grad()
 
-    @torch.no_grad()
-    def step(self) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        step_size = self.lr / (1 - b1 ** self.t)
-        bias2 = math.sqrt(1 - b2 ** self.t)
-        g = self.flat.gradient()
-        self.m.mul_(b1).add_(g, alpha=1 - b1)
-        self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        self.flat.data.addcdiv_(self.m, (self.v.sqrt() / bias2).add_(self.eps), value=-step_size)
+    def _moments(self):
+        yield self.flat.data, self.flat.gradient(), self.m, self.v
 
 
 def train(model: nn.Module, X: torch.Tensor, train_rows: torch.Tensor, loss_fn, *, epochs: int,
