@@ -27,6 +27,7 @@ import numpy as np
 from store import STATUS_INVALID, STATUS_MISSING, STATUS_OK, FeatureStore
 from featheads.core.errors import UserError
 
+from .heap import keep_freed_memory
 from .images import ImageDecodeError, decode_resized, open_image_root
 from .journal import Journal
 from .readers import AnnotationError, Sample, read_abaw_mtl, read_class_folders, read_images, sample_columns
@@ -240,8 +241,9 @@ def featurize_samples(
     seconds = 0.0
     if len(todo):
         start = time.perf_counter()
-        examples = _compute(samples, todo, root=root, backbone=backbone, device=device, config=config,
-                            journal=journal, source=source, merge=lambda: _merge(store, journal, rows, wait))
+        with keep_freed_memory():  # each batch's activations reuse the last one's pages (featurize.heap)
+            examples = _compute(samples, todo, root=root, backbone=backbone, device=device, config=config,
+                                journal=journal, source=source, merge=lambda: _merge(store, journal, rows, wait))
         seconds = time.perf_counter() - start
         status = _merge(store, journal, rows, wait)
 
