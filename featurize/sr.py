@@ -27,6 +27,7 @@ from PIL import Image
 
 from featheads.core.errors import UserError
 
+from .heap import keep_freed_memory
 from .images import DECODE_ERRORS, ImageDecodeError, error_text, open_image_root
 from .rrdbnet import UPSCALE, RRDBNet
 from .sr_resize import resize_lanczos4
@@ -176,25 +177,26 @@ def super_resolve_folder(images, out: Path, upscaler: Upscaler, *, scale: float,
 
     bar = tqdm(total=len(rels), initial=result.skipped, unit="img", desc="sr", disable=not progress,
                dynamic_ncols=True)
-    for rel in todo:
-        try:
-            with Image.open(io.BytesIO(root.read_bytes(rel))) as im:
-                im.load()
-                image = im.copy()
-            sr = upscaler.upscale(image, scale)
-        except torch.OutOfMemoryError:
-            bar.close()
-            w, h = image.size
-            raise UserError(
-                f"{root.describe(rel)}: out of {upscaler.device.type.upper()} memory at {w}x{h}; "
-                "rerun with --tile 256 (or smaller): finished images are kept"
-            ) from None
-        except (ImageDecodeError, UserError, *DECODE_ERRORS) as e:  # unreadable or unsupported: report, go on
-            result.failed.append((root.describe(rel), error_text(e)))
+    with keep_freed_memory():  # each image's activations reuse the last one's pages (featurize.heap)
+        for rel in todo:
+            try:
+                with Image.open(io.BytesIO(root.read_bytes(rel))) as im:
+                    im.load()
+                    image = im.copy()
+                sr = upscaler.upscale(image, scale)
+            except torch.OutOfMemoryError:
+                bar.close()
+                w, h = image.size
+                raise UserError(
+                    f"{root.describe(rel)}: out of {upscaler.device.type.upper()} memory at {w}x{h}; "
+                    "rerun with --tile 256 (or smaller): finished images are kept"
+                ) from None
+            except (ImageDecodeError, UserError, *DECODE_ERRORS) as e:  # unreadable or unsupported: report, go on
+                result.failed.append((root.describe(rel), error_text(e)))
+                bar.update(1)
+                continue
+            save_image(sr, out / rel)
+            result.written += 1
             bar.update(1)
-            continue
-        save_image(sr, out / rel)
-        result.written += 1
-        bar.update(1)
     bar.close()
     return result
