@@ -203,7 +203,7 @@ def _fit_plans(st, plans, train_rows, *, source: str, aux, seed: int, progress: 
         bar.set_postfix_str(f"{plan.key} ({plan.head})")
         context = {}
         if is_temporal(plan):  # all rows of the training videos, with frame numbers (heads.temporal)
-            X, Y, groups, context["frames"] = temporal_training_data(st, plan, train_rows)
+            X, Y, groups, context["frames"] = temporal_training_data(st, plan, train_rows, features)
         else:
             X, Y, groups = _training_data(st, plan, train_rows, source, aux, features)
         try:

@@ -32,7 +32,8 @@ def predict_rows(st: FeatureStore, fitted: list, rows: np.ndarray, *, progress: 
     with tqdm(total=total, desc="predict", unit="row", unit_scale=True, disable=not progress, leave=False) as bar:
         for plan, head in fitted:
             if getattr(head, "temporal", False):  # windows of frames: chunks of whole videos
-                predict_temporal(st, plan, head, rows, out, chunk_rows=_CHUNK_ROWS, bar=bar)
+                predict_temporal(st, plan, head, rows, out, chunk_rows=_CHUNK_ROWS, bar=bar,
+                                 features=features)
                 continue
             for start in range(0, len(rows), _CHUNK_ROWS):
                 chunk = rows[start:start + _CHUNK_ROWS]

@@ -97,6 +97,24 @@ class TemporalNet(nn.Module):
     def forward(self, x, mask):
         return self.forward_projected(self.project(x), mask)
 
+    def middle_output(self, z, mask):
+        """forward_projected(z, mask)[:, W // 2], the output of the middle slot (eval mode). The
+        Transformer's last layer runs for that slot only: its keys and values need every slot, but its
+        query, attention output and feed-forward only the middle one (the same numbers up to rounding)."""
+        h = z.shape[1] // 2
+        if self.architecture == "gru":
+            return self.forward_projected(z, mask)[:, h]
+        z = torch.where(mask[..., None], z, torch.zeros((), dtype=z.dtype)) + self.pe[: z.shape[1]]
+        *first, last = self.seq.layers
+        for layer in first:
+            z = layer(z, src_key_padding_mask=~mask)
+        q = z[:, h:h + 1]
+        a = last.self_attn(q, z, z, key_padding_mask=~mask, need_weights=False)[0]
+        m = last.norm1(q + a)  # post-norm layer (norm_first=False), dropout off in eval
+        m = last.norm2(m + last.linear2(last.activation(last.linear1(m))))
+        y = self.out(m[:, 0])
+        return torch.tanh(y) if self.out_activation == "tanh" else y
+
 
 # Training steps are small (batch_size windows x W frames: ~300 rows through layers 128 wide), and on
 # small operations OpenMP's fork/join costs more than a second thread gains. At the s-Aff-Wild2 size on
@@ -307,7 +325,7 @@ class _TemporalHead(BaseEstimator):
         if len(rows) == 0:
             return out
         index = WindowIndex(groups, frames, valid, window=int(self.window))
-        net, h = self.network_, int(self.window) // 2
+        net = self.network_
         with seeded(0, self.n_threads), torch.no_grad():
             net.eval()
             Z = torch.zeros((n + 1, net.proj.out_features))  # last row: the pad
@@ -318,7 +336,7 @@ class _TemporalHead(BaseEstimator):
                 win = torch.from_numpy(index.centred(rows[i:i + _PREDICT_WINDOWS]))
                 mask = win >= 0
                 zb = Z[torch.where(mask, win, n)]
-                out[rows[i:i + _PREDICT_WINDOWS]] = net.forward_projected(zb, mask)[:, h].numpy()
+                out[rows[i:i + _PREDICT_WINDOWS]] = net.middle_output(zb, mask).numpy()
         return out
 
     # -- persistence (heads.persist): arrays only, no pickle

@@ -12,6 +12,7 @@ import numpy as np
 from featheads.core.errors import UserError
 from store.feature_store import FeatureStore
 
+from .feature_cache import FeatureCache
 from .plan import Plan, head_scores
 from .registry import head_class
 
@@ -24,23 +25,26 @@ def is_temporal(plan: Plan) -> bool:
         return False
 
 
-def _features(st: FeatureStore, spec: str, rows: np.ndarray) -> np.ndarray:
-    X, valid = st.read_features(spec, rows)
+def _features(st: FeatureStore, spec: str, rows: np.ndarray, features: FeatureCache | None = None) -> np.ndarray:
+    X, valid = st.read_features(spec, rows) if features is None else features.read(spec, rows)
     if not valid.all():
-        X = np.array(X, dtype=np.float32, copy=True) if not X.flags.writeable else X
+        # a copy unless the array is this call's own (a cache's arrays are shared, a view of them too)
+        X = np.array(X, dtype=np.float32, copy=True) if features is not None or not X.flags.writeable else X
         X[~valid] = np.nan  # invalid rows: padding for the windows, NaN predictions
     return X
 
 
-def temporal_training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray):
-    """(X, y, groups, frames) of every training row; y keeps missing labels (-1 / NaN)."""
+def temporal_training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray,
+                           features: FeatureCache | None = None):
+    """(X, y, groups, frames) of every training row; y keeps missing labels (-1 / NaN).
+    features: a FeatureCache shared with the other heads and the predictions (else read from the store)."""
     if plan.key == "joint":
         raise UserError(f"{st.path}: temporal heads are per task; a joint temporal head does not exist")
     y = st.labels(plan.key, train_rows)
     if not FeatureStore.label_mask(plan.key, y).any():
         raise UserError(f"{st.path}: no row of the training split has a {plan.key!r} label")
     s = st.samples(train_rows)
-    X = _features(st, plan.features, train_rows)
+    X = _features(st, plan.features, train_rows, features)
     if not np.isfinite(X).all(axis=1).any():
         raise UserError(f"{st.path}: no training row has valid features {plan.features!r}")
     if plan.kind == "regression":
@@ -70,11 +74,11 @@ def video_chunks(videos: np.ndarray, chunk_rows: int) -> list[np.ndarray]:
 
 
 def predict_temporal(st: FeatureStore, plan: Plan, head, rows: np.ndarray, out: dict, *, chunk_rows: int,
-                     bar=None) -> None:
+                     bar=None, features: FeatureCache | None = None) -> None:
     """Fill out[task][i] for rows[i] with the temporal head's scores (NaN where features are invalid)."""
     s = st.samples(rows)
     for pos in video_chunks(s["video"], chunk_rows):
-        X = _features(st, plan.features, rows[pos])
+        X = _features(st, plan.features, rows[pos], features)
         valid = np.isfinite(X).all(axis=1)
         if valid.any():
             for task, sc in head_scores(plan, head, X, groups=s["video"][pos], frames=s["frame"][pos]).items():

@@ -329,3 +329,25 @@ def test_features_are_gathered_per_batch_never_as_a_whole_window_copy(monkeypatc
     sizes.clear()
     head.predict_proba(X, groups=g, frames=f)
     assert sizes and max(sizes) <= 50 and sum(sizes) == len(X)
+
+
+@pytest.mark.parametrize("architecture", ["transformer", "gru"])
+@pytest.mark.parametrize("out_activation", ["identity", "tanh"])
+def test_middle_output_equals_the_full_forward_at_the_middle_slot(architecture, out_activation):
+    """Prediction runs the Transformer's last layer for the middle slot only: the same outputs as the
+    whole network's middle slot, windows with padded slots included."""
+    from heads.temporal import TemporalNet
+
+    torch.manual_seed(0)
+    net = TemporalNet(6, 3, architecture=architecture, window=9, hidden_size=16, num_layers=3,
+                      bidirectional=False, n_heads=4, ff_size=32, dropout=0.1, out_activation=out_activation).eval()
+    z = torch.randn(40, 9, 16)
+    mask = torch.rand(40, 9) > 0.3
+    mask[:, 4] = True  # the middle slot is the row being predicted: always there
+    mask[:5, :4] = False  # the start of a video
+    mask[5:10, 5:] = False  # its end
+    with torch.no_grad():
+        full = net.forward_projected(z, mask)[:, 4]
+        mid = net.middle_output(z, mask)
+    assert mid.shape == full.shape
+    torch.testing.assert_close(mid, full, atol=1e-5, rtol=1e-5)
