@@ -19,7 +19,7 @@ import ctypes
 import platform
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["GLIBC", "keep_freed_memory"]
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536  # glibc's defaults
@@ -36,18 +36,20 @@ def _glibc():
         return None
 
 
+GLIBC = _glibc()  # the process's C library when it is glibc (mallopt, malloc_trim), else None
+
+
 @contextlib.contextmanager
 def keep_freed_memory():
     """Within the block, freed memory stays in the heap for reuse (glibc; elsewhere a no-op)."""
-    libc = _glibc()
-    if libc is None:
+    if GLIBC is None:
         yield
         return
-    libc.mallopt(M_MMAP_MAX, 0)
-    libc.mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD)
+    GLIBC.mallopt(M_MMAP_MAX, 0)
+    GLIBC.mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD)
     try:
         yield
     finally:
-        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-        libc.malloc_trim(ctypes.c_size_t(0))
+        GLIBC.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        GLIBC.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        GLIBC.malloc_trim(ctypes.c_size_t(0))
