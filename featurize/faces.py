@@ -37,7 +37,7 @@ from PIL import Image, ImageOps
 from featheads.core.errors import UserError
 
 from . import face_align
-from .heap import GLIBC, keep_freed_memory
+from .heap import GLIBC
 from .images import DECODE_ERRORS, is_image_name
 from .video_frames import VideoError, is_video_name, open_video
 
@@ -349,10 +349,9 @@ def bound_the_heap() -> None:
     glibc's dynamic mmap threshold moves such blocks into the heap, where they fragment: without this
     the process grew from 1.0 to 1.24 GB over 800 frames of 640x360. A fixed 1 MB threshold (large
     blocks are mmap-ed and given back when freed) plus malloc_trim after each batch kept its peak at
-    0.93 GB from the first frames to the last. The crop loop itself runs inside
-    featurize.heap.keep_freed_memory (no mmap at all: a batch's layers reuse each other's pages), and
-    the malloc_trim after each batch still hands the free heap back: 1.6x the frames/s, peak 1.09 GB,
-    the same after 200 frames as after 1,000 (bench/RESULTS.md)."""
+    0.93 GB from the first frames to the last. (featurize.heap.keep_freed_memory around the crop loop,
+    what `featurize run` does, gave 1.5x the frames/s but a peak that grew from 1.26 GB after 200 frames
+    to 1.40 GB after 10,000: not used here, bench/RESULTS.md 2026-12-03.)"""
     if GLIBC is not None:
         GLIBC.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
@@ -483,8 +482,7 @@ def crop_faces(input_path, out, config: FacesConfig, *, device: str = "cpu", pro
     cropper = Cropper(out, config)
     todo = [m for m in media if m.rel not in done]
     start = time.perf_counter()
-    # keep_freed_memory: each batch's detector activations reuse the last one's pages (featurize.heap)
-    with tqdm(desc="faces", unit="frame", disable=not progress, dynamic_ncols=True) as bar, keep_freed_memory():
+    with tqdm(desc="faces", unit="frame", disable=not progress, dynamic_ncols=True) as bar:
         for i, m in enumerate(todo):
             bar.set_postfix_str(f"{i + 1}/{len(todo)} {m.rel}", refresh=False)
             part_path = out / PARTS / f"{i:06d}.jsonl"
