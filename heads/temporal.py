@@ -207,7 +207,7 @@ class _TemporalHead(BaseEstimator):
             for g in np.unique(inv):
                 idx = np.flatnonzero(inv == g)
                 frames[idx] = np.arange(len(idx))
-        valid = torch.isfinite(X).all(dim=1).numpy()
+        valid = np.isfinite(X.numpy()).all(axis=1)  # numpy: one pass; torch.isfinite builds full-size temporaries
         return X, groups, np.asarray(frames), valid
 
     def fit(self, X, y, groups=None, frames=None):
