@@ -4,13 +4,17 @@ A CNN forward on a CPU allocates and frees one activation tensor per layer; at 2
 32 the large ones are 50-150 MB. glibc serves every block above its mmap threshold (at most 32 MiB, so
 always for these) with a fresh mmap and unmaps it on free: every layer of every batch then faults its
 output in page by page, zeroed by the kernel. On the 2-core machine of bench/featurize_cpu.py that
-system time was as large as the compute (tf_efficientnet_b0, batch 32: 38 images/s with 11 s of system
-time per 512 images; 83 images/s and none inside this block).
+system time was as large as the compute (tf_efficientnet_b0 alone, batch 32: 38 images/s with 11 s of
+system time per 512 images; 83 images/s and none inside this block; `featurize run` end to end: fp32
+2.3x -> 4.7x the reference loop, bench/RESULTS.md 2026-12-03).
 
 Inside `keep_freed_memory()` glibc takes every block from the heap (M_MMAP_MAX = 0) and keeps freed
-memory there (M_TRIM_THRESHOLD = 2 GiB, the largest it takes), so a batch reuses the pages of the one before. On leaving,
-the old limits are set back (as fixed values: glibc's adaptive mmap threshold stays off) and
-malloc_trim(0) hands the free heap back to the kernel. Elsewhere than glibc it does nothing.
+memory there (M_TRIM_THRESHOLD = 2 GiB, the largest mallopt takes), so a batch reuses the pages of the
+one before. On leaving, glibc's default limits are set (as fixed values: its adaptive mmap threshold
+stays off) and malloc_trim(0) hands the free heap back to the kernel. Elsewhere than glibc it does
+nothing. Memory inside the block is the peak of what is live plus what fragmentation leaves between
+the blocks; for the same batch shapes again and again (a backbone's forward) that stays flat. MTCNN's
+batches differ in shape, and there it grew with the video (featurize/faces.py keeps its own bound).
 """
 from __future__ import annotations
 
