@@ -84,15 +84,21 @@ class TemporalNet(nn.Module):
     def project(self, x):  # (..., D) -> (..., hidden)
         return self.proj(x)
 
+    def _padded_zero(self, z, mask):  # padded slots -> 0
+        return torch.where(mask[..., None], z, torch.zeros((), dtype=z.dtype))
+
+    def _output(self, h):  # (..., width) -> (..., n_outputs)
+        y = self.out(h)
+        return torch.tanh(y) if self.out_activation == "tanh" else y
+
     def forward_projected(self, z, mask):
         """z (batch, W, hidden) projected frames (anything on padded slots), mask (batch, W) bool."""
-        z = torch.where(mask[..., None], z, torch.zeros((), dtype=z.dtype))
+        z = self._padded_zero(z, mask)
         if self.architecture == "gru":
             h, _ = self.seq(z)
         else:
             h = self.seq(z + self.pe[: z.shape[1]], src_key_padding_mask=~mask)
-        y = self.out(h)
-        return torch.tanh(y) if self.out_activation == "tanh" else y
+        return self._output(h)
 
     def forward(self, x, mask):
         return self.forward_projected(self.project(x), mask)
@@ -104,7 +110,7 @@ class TemporalNet(nn.Module):
         h = z.shape[1] // 2
         if self.architecture == "gru":
             return self.forward_projected(z, mask)[:, h]
-        z = torch.where(mask[..., None], z, torch.zeros((), dtype=z.dtype)) + self.pe[: z.shape[1]]
+        z = self._padded_zero(z, mask) + self.pe[: z.shape[1]]
         *first, last = self.seq.layers
         for layer in first:
             z = layer(z, src_key_padding_mask=~mask)
@@ -112,8 +118,7 @@ class TemporalNet(nn.Module):
         a = last.self_attn(q, z, z, key_padding_mask=~mask, need_weights=False)[0]
         m = last.norm1(q + a)  # post-norm layer (norm_first=False), dropout off in eval
         m = last.norm2(m + last.linear2(last.activation(last.linear1(m))))
-        y = self.out(m[:, 0])
-        return torch.tanh(y) if self.out_activation == "tanh" else y
+        return self._output(m[:, 0])
 
 
 # Training steps are small (batch_size windows x W frames: ~300 rows through layers 128 wide), and on

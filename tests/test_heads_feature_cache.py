@@ -9,11 +9,8 @@ from heads_fixtures import SOURCE, make_mtl_store
 from store.feature_store import FeatureStore
 
 
-def test_each_spec_is_read_once_and_predictions_match_uncached_reads(tmp_path, monkeypatch):
-    import heads.fitting as fitting
-
-    store = tmp_path / "s.h5"
-    make_mtl_store(store)
+def count_reads(monkeypatch) -> list:
+    """The specs of every FeatureStore.read_features call from now on, in order."""
     reads = []
     real = FeatureStore.read_features
 
@@ -22,6 +19,15 @@ def test_each_spec_is_read_once_and_predictions_match_uncached_reads(tmp_path, m
         return real(self, spec, rows)
 
     monkeypatch.setattr(FeatureStore, "read_features", counting)
+    return reads
+
+
+def test_each_spec_is_read_once_and_predictions_match_uncached_reads(tmp_path, monkeypatch):
+    import heads.fitting as fitting
+
+    store = tmp_path / "s.h5"
+    make_mtl_store(store)
+    reads = count_reads(monkeypatch)
     fit_mtl(store, "paper", out=tmp_path / "cached", progress=False)
     assert sorted(reads) == sorted(set(reads)) and len(reads) == 2  # embeddings+logits (expr, au), logits (va)
 
@@ -42,7 +48,6 @@ def test_each_spec_is_read_once_and_predictions_match_uncached_reads(tmp_path, m
 def test_temporal_heads_read_through_the_cache_and_leave_it_as_it_was(tmp_path, monkeypatch):
     """A temporal fit reads its spec once for training and every prediction, and marking the invalid
     rows NaN for its windows happens in an array of its own, never in the shared cached one."""
-    import heads.fitting as fitting
     from heads.feature_cache import FeatureCache
     from heads.temporal_rows import _features
 
@@ -59,13 +64,6 @@ def test_temporal_heads_read_through_the_cache_and_leave_it_as_it_was(tmp_path, 
         assert not np.shares_memory(X, cache.read(spec)[0])  # marked in a copy of its own ...
         np.testing.assert_array_equal(cache.read(spec)[0], before)  # ... the cache is untouched
 
-    reads = []
-    real = FeatureStore.read_features
-
-    def counting(self, spec, rows=None):
-        reads.append(spec)
-        return real(self, spec, rows)
-
-    monkeypatch.setattr(FeatureStore, "read_features", counting)
+    reads = count_reads(monkeypatch)
     fit_mtl(store, "gru", out=tmp_path / "cached", progress=False)
     assert sorted(reads) == sorted(set(reads)) and len(reads) == 2  # embeddings+logits (expr, au), logits (va)
