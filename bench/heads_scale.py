@@ -17,10 +17,12 @@ torch MLP head against scikit-learn's MLPClassifier with the same architecture.
    The same-10-epochs ratio is printed too.
 
 4. --loaded: each recipe again while K other processes (default: one per CPU this process may use) keep
-   the cores busy, with the toolkit's thread settings (passive OpenMP waiting, featheads/core/threads.py)
-   and with OpenMP's active spin-waiting (OMP_WAIT_POLICY=ACTIVE, what the libraries do when left alone);
-   the slowdown of each against the quiet run of the same invocation. With T threads and K busy processes on
-   T cores a fair share is (K + T) / T: 2x for 2 busy processes, 2 threads, 2 cores.
+   the cores busy, with the toolkit's thread settings (featheads/core/threads.py: passive OpenMP waiting
+   where the CPUs are busy when the command starts, the libraries' short default spin where they are free)
+   and with OpenMP's unbounded spin-waiting (OMP_WAIT_POLICY=ACTIVE); the slowdown of each against the quiet
+   run of the same invocation. With T threads and K busy processes on T cores a fair share is (K + T) / T:
+   2x for 2 busy processes, 2 threads, 2 cores. The quiet run is repeated with passive waiting forced, the
+   cost of waiting passively on free CPUs.
 
 Thread count: --threads caps the threads of everything (torch, LightGBM, numpy), set as the `heads`
 command does (featheads.core.threads.prepare_threads) before they are imported. Prints a table and
@@ -112,7 +114,7 @@ def child(recipe: str, store: str, out: str) -> None:
     print(json.dumps({
         "wall_s": wall, "cpu_s": cpu, "fit_s": {k: v["fit_seconds"] for k, v in run["heads"].items()},
         "fit_cpu_s": {k: v["fit_cpu_seconds"] for k, v in run["heads"].items()},
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "metrics": {k: m[k] for k in ("P_VA", "P_EXPR", "P_AU", "P_MTL")},
     }))
 
@@ -152,16 +154,16 @@ class BusyCores:
             p.wait()
 
 
-ACTIVE_WAIT = {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "200"}  # the libraries' behaviour left alone
+ACTIVE_WAIT = {"OMP_WAIT_POLICY": "ACTIVE", "KMP_BLOCKTIME": "200"}  # spin without bound
 
 
 def loaded_runs(recipes, store: Path, workdir: Path, busy: int) -> dict:
-    """{recipe: {"passive": result, "active": result}} with `busy` other processes holding the cores."""
+    """{recipe: {"featheads": result, "active": result}} with `busy` other processes holding the cores."""
     out = {}
     with BusyCores(busy):
         for recipe in recipes:
             out[recipe] = {}
-            for mode, env in (("passive", None), ("active", ACTIVE_WAIT)):
+            for mode, env in (("featheads", None), ("active", ACTIVE_WAIT)):
                 out[recipe][mode] = r = run_recipe(recipe, store, workdir, env)
                 print(f"{recipe} with {busy} busy processes, {mode} waiting: {r['wall_s']:.1f} s "
                       f"(CPU {r['cpu_s']:.1f} s)", flush=True)
@@ -264,20 +266,25 @@ def main(argv=None) -> None:
             results[recipe] = run_recipe(recipe, store, workdir)
             r = results[recipe]
             print(f"{recipe}: {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-        loaded = None
+        loaded, quiet_passive = None, {}
         if a.loaded:
-            from featheads.core.threads import available_cpus
+            from featheads.core.threads import PASSIVE_WAIT, available_cpus
 
+            for recipe in results:
+                quiet_passive[recipe] = r = run_recipe(recipe, store, workdir, PASSIVE_WAIT)
+                print(f"{recipe}, passive waiting forced: {r['wall_s']:.1f} s", flush=True)
             busy = a.busy or available_cpus()
             loaded = loaded_runs(list(results), store, workdir, busy)
     cmp = None if a.skip_sklearn else mlp_vs_sklearn()
 
-    lines = [f"| recipe | threads | heads fit mtl wall (s) | CPU (s) | fit expr / va / au wall (s) | "
+    lines = [f"| recipe | threads | OpenMP waiting | heads fit mtl wall (s) | CPU (s) | fit expr / va / au wall (s) | "
              f"fit expr / va / au CPU (s) | peak RSS (MB) | P_VA | P_EXPR | P_AU |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for recipe, r in results.items():
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    quiet_rows = [(recipe, r, f"{r['wait_policy']} (featheads)") for recipe, r in results.items()]
+    quiet_rows += [(recipe, r, "PASSIVE (forced)") for recipe, r in quiet_passive.items()]
+    for recipe, r, waiting in quiet_rows:
         f, c, m = r["fit_s"], r["fit_cpu_s"], r["metrics"]
-        lines.append(f"| {recipe} | {a.threads} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+        lines.append(f"| {recipe} | {a.threads} | {waiting} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
                      f"{f.get('expr', 0):.1f} / {f.get('va', 0):.1f} / {f.get('au', 0):.1f} | "
                      f"{c.get('expr', 0):.1f} / {c.get('va', 0):.1f} / {c.get('au', 0):.1f} | "
                      f"{r['peak_rss_mb']:.0f} | {m['P_VA']:.3f} | {m['P_EXPR']:.3f} | {m['P_AU']:.3f} |")
@@ -290,7 +297,7 @@ def main(argv=None) -> None:
             quiet = results[recipe]["wall_s"]
             for mode, r in modes.items():
                 f = r["fit_s"]
-                label = "passive (featheads)" if mode == "passive" else "active (libraries' default spin)"
+                label = f"{r['wait_policy']} (featheads)" if mode == "featheads" else "ACTIVE (unbounded spin)"
                 lines.append(f"| {recipe} | {label} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
                              f"{r['wall_s'] / quiet:.2f}x | {f.get('expr', 0):.1f} / {f.get('va', 0):.1f} / "
                              f"{f.get('au', 0):.1f} |")
@@ -318,7 +325,7 @@ def main(argv=None) -> None:
                    f"Totals include reading features, fitting, predicting all rows, scoring val and writing.\n\n"
                    f"{table}\n\nLoad average at the end: {os.getloadavg()[0]:.1f}; bench wall time "
                    f"{time.perf_counter() - t_bench:.0f} s. On this shared machine wall times depend on other jobs "
-                   f"(OpenMP threads spin when the 2 CPUs are oversubscribed); CPU seconds are summed over all "
+                   f"(OpenMP threads that spin-wait on oversubscribed CPUs take them from the work); CPU seconds are summed over all "
                    f"threads of the process (some libraries use more threads than --threads).\n")
         with open(ROOT / "bench" / "RESULTS.md", "a") as f:
             f.write(section)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from featheads.core.threads import prepare_threads, threads_from_argv
 
-prepare_threads(threads_from_argv())  # thread counts and passive waiting, before numpy / torch / LightGBM load
+prepare_threads(threads_from_argv())  # thread counts and OpenMP waiting, before numpy / torch / LightGBM load
 
 from featheads.core.clitools import command_group  # noqa: E402  (after prepare_threads)
 

@@ -11,7 +11,12 @@ So, before those libraries load (the `heads` and `blend` commands do it first th
 - the thread count is the CPUs this process may run on (`os.sched_getaffinity`), capped by a cgroup CPU
   quota (containers, SLURM) and by `--threads` / FEATHEADS_THREADS where given;
 - every pool gets that count through its environment variable (a variable the user set is kept);
-- OpenMP waits passively (OMP_WAIT_POLICY=PASSIVE): an idle thread sleeps instead of spinning.
+- where other jobs hold the CPUs when the command starts (`busy_cpus`: tasks runnable now, not counting this
+  process), OpenMP waits passively (OMP_WAIT_POLICY=PASSIVE): an idle thread sleeps instead of spinning.
+  Where the CPUs are free it keeps the libraries' default, a short spin (libgomp's GOMP_SPINCOUNT, about
+  3 ms) before sleeping: passive waiting there puts a sleep and a wake-up between every two parallel
+  operations, which made the `paper` AU head 2 to 2.5x slower on a quiet machine (bench/RESULTS.md). The
+  check is made once, at start: a job that starts later meets threads that spin for at most ~3 ms at a time.
 
 At run time `limit_threads(n)` applies the count to the pools already loaded (torch, BLAS via threadpoolctl
 where installed). The pools run one after another, never stacked: a head fits with one library at a time.
@@ -22,6 +27,7 @@ import contextlib
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
@@ -30,7 +36,7 @@ PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 ENV_THREADS = "FEATHEADS_THREADS"
 
 __all__ = ["available_cpus", "cgroup_cpu_limit", "prepare_threads", "limit_threads", "threads_from_argv",
-           "apply_thread_limit"]
+           "apply_thread_limit", "busy_cpus"]
 
 
 def cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
@@ -81,11 +87,28 @@ def threads_from_argv(argv=None) -> int | None:
     return None
 
 
-def prepare_threads(requested: int | None = None, environ=None) -> int:
-    """Set the pools' thread counts and passive waiting in the environment; returns the count.
+def busy_cpus(stat: str | os.PathLike = "/proc/stat", samples: int = 3, interval: float = 0.01) -> int:
+    """CPUs other jobs keep busy now: the tasks runnable on the machine (/proc/stat procs_running) less this
+    process's one, the median of a few samples; 0 where /proc/stat cannot be read."""
+    counts = []
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        try:
+            with open(stat) as f:
+                running = next(int(ln.split()[1]) for ln in f if ln.startswith("procs_running "))
+        except (OSError, StopIteration, ValueError, IndexError):
+            return 0
+        counts.append(max(0, running - 1))
+    return sorted(counts)[len(counts) // 2]
 
-    Effective only before numpy, torch or LightGBM load. Counts the user set in the environment stay, unless
-    `requested` (from --threads) asks for fewer."""
+
+def prepare_threads(requested: int | None = None, environ=None, busy: int | None = None) -> int:
+    """Set the pools' thread counts in the environment, and passive waiting where the CPUs are not free
+    (`busy` CPUs held by other jobs, measured with `busy_cpus()` when None); returns the count.
+
+    Effective only before numpy, torch or LightGBM load. Counts and a wait policy the user set in the
+    environment stay, unless `requested` (from --threads) asks for fewer threads."""
     environ = os.environ if environ is None else environ
     n = available_cpus()
     wanted = requested if requested is not None else _int(environ.get(ENV_THREADS))
@@ -94,8 +117,11 @@ def prepare_threads(requested: int | None = None, environ=None) -> int:
     for var in POOL_VARIABLES:
         if requested is not None or var not in environ:
             environ[var] = str(n)
-    for var, value in PASSIVE_WAIT.items():
-        environ.setdefault(var, value)
+    if "OMP_WAIT_POLICY" not in environ:
+        if busy is None:
+            busy = busy_cpus()
+        if available_cpus() - busy < n:
+            environ.update(PASSIVE_WAIT)
     return n
 
 
