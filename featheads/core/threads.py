@@ -107,8 +107,8 @@ def prepare_threads(requested: int | None = None, environ=None, busy: int | None
     """Set the pools' thread counts in the environment, and passive waiting where the CPUs are not free
     (`busy` CPUs held by other jobs, measured with `busy_cpus()` when None); returns the count.
 
-    Effective only before numpy, torch or LightGBM load. Counts and a wait policy the user set in the
-    environment stay, unless `requested` (from --threads) asks for fewer threads."""
+    Effective only before numpy, torch or LightGBM load. Counts the user set in the environment stay, unless
+    `requested` (from --threads) asks for fewer; a wait policy the user set always stays."""
     environ = os.environ if environ is None else environ
     n = available_cpus()
     wanted = requested if requested is not None else _int(environ.get(ENV_THREADS))
@@ -121,7 +121,8 @@ def prepare_threads(requested: int | None = None, environ=None, busy: int | None
         if busy is None:
             busy = busy_cpus()
         if available_cpus() - busy < n:
-            environ.update(PASSIVE_WAIT)
+            for var, value in PASSIVE_WAIT.items():
+                environ.setdefault(var, value)
     return n
 
 
