@@ -15,7 +15,7 @@ So, before those libraries load (the `heads` and `blend` commands do it first th
   process), OpenMP waits passively (OMP_WAIT_POLICY=PASSIVE): an idle thread sleeps instead of spinning.
   Where the CPUs are free it keeps the libraries' default, a short spin (libgomp's GOMP_SPINCOUNT, about
   3 ms) before sleeping: passive waiting there puts a sleep and a wake-up between every two parallel
-  operations, which made the `paper` AU head 2 to 2.5x slower on a quiet machine (bench/RESULTS.md). The
+  operations, which made the `paper` AU head 1.1 to 2.5x slower on a quiet VM (bench/RESULTS.md). The
   check is made once, at start: a job that starts later meets threads that spin for at most ~3 ms at a time.
 
 At run time `limit_threads(n)` applies the count to the pools already loaded (torch, BLAS via threadpoolctl
