@@ -56,16 +56,20 @@ def test_prepare_threads_keeps_what_the_user_set_unless_threads_asks_for_fewer()
 
 def test_openmp_waits_passively_only_where_other_jobs_hold_the_cpus():
     n = available_cpus()
-    quiet, busy, one_thread = {}, {}, {}
+    quiet, busy = {}, {}
     assert prepare_threads(None, quiet, busy=0) == n
     assert "OMP_WAIT_POLICY" not in quiet and "KMP_BLOCKTIME" not in quiet  # the libraries' short default spin
     prepare_threads(None, busy, busy=n)
     assert busy["OMP_WAIT_POLICY"] == "PASSIVE" and busy["KMP_BLOCKTIME"] == "0"
     if n > 1:  # one thread fits beside n - 1 busy CPUs; n threads do not
-        prepare_threads(1, one_thread, busy=n - 1)
-        assert "OMP_WAIT_POLICY" not in one_thread
-        prepare_threads(None, one_thread, busy=n - 1)
-        assert one_thread["OMP_WAIT_POLICY"] == "PASSIVE"
+        one, all_threads = {}, {}
+        prepare_threads(1, one, busy=n - 1)
+        assert "OMP_WAIT_POLICY" not in one
+        prepare_threads(None, all_threads, busy=n - 1)
+        assert all_threads["OMP_WAIT_POLICY"] == "PASSIVE"
+    kept = {"KMP_BLOCKTIME": "50"}
+    prepare_threads(None, kept, busy=n)
+    assert kept["OMP_WAIT_POLICY"] == "PASSIVE" and kept["KMP_BLOCKTIME"] == "50"
 
 
 def test_busy_cpus_reads_the_runnable_tasks_less_this_one(tmp_path):
