@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from heads_scale import machine  # noqa: E402  (the machine line of the other benchmarks)
 
 C, CLASS_WEIGHT, FOLDS, SEED = 0.05, "balanced", 10, 0  # the `logistic` recipe; real_data.py's CK+ folds
 N_EXPR = 8  # MTL expression classes (CK+ uses 1..7)
@@ -93,12 +94,6 @@ def score(X: np.ndarray, expr: np.ndarray, au: np.ndarray, fold: np.ndarray) -> 
             "au_f1": float(au_metrics(au[has_au], prob[has_au], threshold=0.5)["P_AU"]), "au_rows": int(has_au.sum())}
 
 
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
@@ -113,6 +108,7 @@ def main(argv=None) -> None:
     from featurize.readers import read_abaw_mtl
 
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info = machine()
     t0 = time.perf_counter()
     samples = read_abaw_mtl(annotations)
     expr = np.array([s.labels["expr"] for s in samples], dtype=np.int64)
@@ -132,7 +128,7 @@ def main(argv=None) -> None:
         return
     cmd = "python bench/ckplus_spatial.py " + " ".join(sys.argv[1:])
     section = (f"\n## CK+: global vs 2 x 2 pooled fer_mini_xception features, `logistic` heads ({started})\n\n"
-               f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}.\n"
+               f"Machine: {info}; load average at the end {os.getloadavg()[0]:.1f}.\n"
                f"Command: `{cmd.strip()}`\n\n"
                f"{len(samples)} CK+ rows ({r['au_rows']} with AU labels), {FOLDS} folds grouped by subject "
                f"(bench/real_data.py's folds), LogisticHead / LogisticMultilabelHead with C {C}, balanced class "
