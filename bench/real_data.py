@@ -87,8 +87,10 @@ def _subset(samples: list, limit: int | None, seed: int) -> list:
     return [samples[i] for i in keep]
 
 
-def _store_path(work: Path, dataset: str, backbone: str) -> Path:
-    return work / f"{dataset}_{re.sub(r'[^A-Za-z0-9_.-]', '_', backbone)}.h5"
+def _store_path(work: Path, dataset: str, backbone: str, pooled_maps=()) -> Path:
+    """One store per dataset, backbone and --pooled-maps (a source holds the same arrays for every row)."""
+    maps = "".join(f"_{pm.array}" for pm in pooled_maps)
+    return work / f"{dataset}_{re.sub(r'[^A-Za-z0-9_.-]', '_', backbone)}{maps}.h5"
 
 
 class Featurizer:
@@ -118,7 +120,7 @@ def prepare_fer2013(data_dir: Path, work: Path, featurize: Featurizer, limit, se
     from featurize.readers import read_class_folders
 
     zip_path = data_dir / "fer2013.zip"
-    store = _store_path(work, "fer2013", featurize.name)
+    store = _store_path(work, "fer2013", featurize.name, featurize.config.pooled_maps)
     runs, rows = [], {}
     for split in ("train", "test"):
         root = open_image_root(zip_path, f"fer2013/{split}")
@@ -136,7 +138,7 @@ def prepare_abaw(name: str, annotations, eval_annotations, images, work: Path, f
     from featurize.readers import read_abaw_mtl
 
     root = open_image_root(images)
-    store = _store_path(work, name.lower().replace("+", "plus"), featurize.name)
+    store = _store_path(work, name.lower().replace("+", "plus"), featurize.name, featurize.config.pooled_maps)
     runs, rows = [], []
     for split, path in zip(split_names, (annotations, eval_annotations)):
         if path is None:
@@ -182,27 +184,34 @@ class HeadPlan:
     threads: int | None = None  # n_threads of heads that have it (MLP, LightGBM); None: their default
     tune_trials: int = 0  # > 0: heads tune's study (tune_cv folds) on each outer fold's training rows
     tune_cv: int = 3
+    feature_choices: list = field(default_factory=list)  # specs the study chooses among (tuned heads)
     params: dict | None = None  # the tuned params of the current outer fold (None: the recipe's)
+    features: str | None = None  # the tuned feature spec of the current outer fold (None: the plan's)
     tuned: list = field(default_factory=list)  # per outer fold: (best params, out-of-fold value)
 
-    def tune(self, X, y, groups, fit, seed) -> None:
-        """heads tune on the outer fold's training rows `fit` only; its best params then serve the
-        inner out-of-fold fits (blend) and the held-out fit of that fold alike."""
+    def specs(self) -> list[str]:
+        return self.feature_choices or [self.plan.features]
+
+    def tune(self, X: dict, y, groups, fit, seed) -> None:
+        """heads tune on the outer fold's training rows `fit` only (X: feature spec -> all rows); its best
+        params and features then serve the inner out-of-fold fits (blend) and the held-out fit alike."""
         from heads.plan import training_target
         from heads.tune import tune_arrays
 
         if not self.tune_trials:
             return
-        params, record = tune_arrays(self.plan, X[fit], training_target(self.plan.key, y[fit]), groups[fit],
+        params, record = tune_arrays(self.plan, {s: X[s][fit] for s in self.specs()},
+                                     training_target(self.plan.key, y[fit]), groups[fit],
                                      cv=self.tune_cv, trials=self.tune_trials, seed=seed)
-        self.params = params
+        self.params, self.features = params, record["features"]
         self.tuned.append((record["best_params"], record["best_value"]))
 
-    def fit_predict(self, X, y, groups, fit, predict, seed) -> np.ndarray:
+    def fit_predict(self, X: dict, y, groups, fit, predict, seed) -> np.ndarray:
         from heads.plan import head_scores, training_target
         from heads.registry import make_head
 
         p = self.plan
+        X = X[self.features or p.features]
         head = make_head(p.head, p.kind, self.params or p.params, n_classes=p.n_classes, seed=seed)
         if self.threads and "n_threads" in head.get_params():
             head.set_params(n_threads=self.threads)
@@ -211,9 +220,9 @@ class HeadPlan:
 
 
 def head_plans(recipes: list[str], task: str, source: str, threads: int | None = None, *, tune: list[str] = (),
-               tune_trials: int = 30, tune_cv: int = 3) -> list[HeadPlan]:
+               tune_trials: int = 30, tune_cv: int = 3, tune_features: list[str] = ()) -> list[HeadPlan]:
     """The head of every recipe that has `task` (recipes are heads.recipe names or JSON files), then
-    one `heads tune`d head per recipe of `tune`."""
+    one `heads tune`d head per recipe of `tune` (choosing among `tune_features` specs when given)."""
     from heads.plan import Plan
     from heads.recipe import fill_backbone, load_recipe
 
@@ -226,7 +235,9 @@ def head_plans(recipes: list[str], task: str, source: str, threads: int | None =
         features = fill_backbone(entry["features"], source, where, f"tasks.{task}.features")
         label = f"{'tuned ' if tuned else ''}{Path(recipe).stem} ({entry['head']})"
         plan = Plan(task, features, entry["head"], dict(entry.get("params", {})))
-        out.append(HeadPlan(label, plan, threads, tune_trials=tune_trials if tuned else 0, tune_cv=tune_cv))
+        choices = [fill_backbone(f, source, "--tune-features", f"choice {i + 1}") for i, f in enumerate(tune_features)]
+        out.append(HeadPlan(label, plan, threads, tune_trials=tune_trials if tuned else 0, tune_cv=tune_cv,
+                            feature_choices=choices if tuned else []))
     return out
 
 
@@ -315,14 +326,13 @@ def evaluate_task(task, y, X, usable, groups, zero_shot, plans, folds, *, inner_
         if zero_shot is not None:
             oof[ZERO_SHOT], scores[ZERO_SHOT][te] = zero_shot[tr], zero_shot[te]
         for p in plans:
-            Xp = X[p.plan.features]
-            p.tune(Xp, y, groups, tr, seed + k)
-            scores[p.name][te] = p.fit_predict(Xp, y, groups, tr, te, seed)
+            p.tune(X, y, groups, tr, seed + k)
+            scores[p.name][te] = p.fit_predict(X, y, groups, tr, te, seed)
             bar.update(1)
             oof[p.name] = np.zeros((len(tr), width))
             for j in range(inner_folds):
                 fit, held = tr[inner != j], tr[inner == j]
-                oof[p.name][inner == j] = p.fit_predict(Xp, y, groups, fit, held, seed)
+                oof[p.name][inner == j] = p.fit_predict(X, y, groups, fit, held, seed)
                 bar.update(1)
         if task == "au":
             for n in names:
@@ -375,7 +385,7 @@ def task_metrics(task: str, y: np.ndarray, out: dict) -> dict:
 
 
 def evaluate_dataset(ds: Dataset, recipes, *, folds, inner_folds, trials, seed, threads, progress, tune=(),
-                     tune_trials=30, tune_cv=3) -> dict:
+                     tune_trials=30, tune_cv=3, tune_features=()) -> dict:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -388,9 +398,10 @@ def evaluate_dataset(ds: Dataset, recipes, *, folds, inner_folds, trials, seed, 
         tasks = [t for t, y in labels.items() if FeatureStore.label_mask(t, y).any()]
         if not tasks:
             raise UserError(f"{ds.store}: the rows to evaluate carry no expr, au or va label")
-        plans = {t: head_plans(recipes, t, ds.source, threads, tune=tune, tune_trials=tune_trials, tune_cv=tune_cv)
-                 for t in tasks}
-        X = {spec: st.read_features(spec, rows)[0] for spec in {p.plan.features for ps in plans.values() for p in ps}}
+        plans = {t: head_plans(recipes, t, ds.source, threads, tune=tune, tune_trials=tune_trials, tune_cv=tune_cv,
+                               tune_features=tune_features) for t in tasks}
+        specs = {spec for ps in plans.values() for p in ps for spec in p.specs()}
+        X = {spec: st.read_features(spec, rows)[0] for spec in specs}
         ok = st.read_features(f"{ds.source}.logits", rows)[1]  # validity is per source
         zero_shot = {t: zero_shot_scores(st, ds.source, t, rows) for t in tasks}
     groups = np.array([v.split("_")[0] for v in videos] if ds.group_by == "subject" else videos, dtype=object)
@@ -477,7 +488,8 @@ def format_dataset(res: dict) -> str:
         w = ", ".join(f"{n} {v:.2f}" for n, v in m["blend_weights"].items())
         out.append(f"- blend weights, {t} (mean over folds): {w}")
         for name, folds in m.get("studies", {}).items():
-            best = "; ".join(", ".join(f"{k}={_short(v)}" for k, v in f["best_params"].items()) for f in folds)
+            best = "; ".join(", ".join(f"{k}={_short(v, res['source'])}" for k, v in f["best_params"].items())
+                             for f in folds)
             values = ", ".join(f"{f['out_of_fold']:.4f}" for f in folds)
             out.append(f"- {name}, {t}: heads tune best params per outer fold (out-of-fold {values} on the "
                        f"fold's training rows): {best}")
@@ -487,8 +499,11 @@ def format_dataset(res: dict) -> str:
     return "\n".join(out)
 
 
-def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+def _short(v, source: str = "") -> str:
+    """A param for the report: floats to 3 digits; a feature spec without its source prefix."""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v).replace(f"{source}.", "") if source else str(v)
 
 
 def _load() -> str:
@@ -561,6 +576,12 @@ def _split_csv(text: str) -> list[str]:
 @click.option("--tune", "tune", default="", show_default=True,
               help="Comma-separated recipes to `heads tune` as well: one more predictor each, its hyperparameters "
                    "chosen by a study on each outer fold's training rows only (heads.tune.tune_arrays).")
+@click.option("--tune-features", "tune_features", multiple=True, metavar="SPEC",
+              help="Feature specs the --tune studies choose among (repeatable; \"{backbone}\" allowed), e.g. with "
+                   "--pooled-maps. Default: each recipe's own features.")
+@click.option("--pooled-maps", metavar="MODULE:G[,...]",
+              help="Featurize inner maps too (featurize run --pooled-maps), as arrays map_<module>_<G>x<G>; the "
+                   "store gets its own file under --work-dir.")
 @click.option("--tune-trials", type=click.IntRange(min=1), default=30, show_default=True,
               help="Trials of each heads tune study.")
 @click.option("--tune-cv", type=click.IntRange(min=2), default=3, show_default=True,
@@ -588,8 +609,8 @@ def _split_csv(text: str) -> list[str]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Image decoding processes (default: one per core, <= 8).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def main(datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_folds, trials, recipes, tune, tune_trials,
-         tune_cv, seed, threads,
+def main(datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_folds, trials, recipes, tune,
+         tune_features, pooled_maps, tune_trials, tune_cv, seed, threads,
          annotations, eval_annotations, images, store_path, train_split, test_split, groups, results,
          no_results, gpu, batch_size, workers, no_progress):
     """Real-data benchmark: featurize -> store -> heads -> blend on FER2013 and CK+ (or your ABAW data)."""
@@ -600,7 +621,7 @@ def main(datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_fo
 
 
 def run(*, datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_folds, trials, recipes, tune="",
-        tune_trials=30, tune_cv=3, seed, threads,
+        tune_features=(), pooled_maps=None, tune_trials=30, tune_cv=3, seed, threads,
         annotations, eval_annotations, images, store_path, train_split, test_split, groups, results,
         no_results, gpu, batch_size, workers, no_progress) -> list[dict]:
     start, load_start = time.perf_counter(), _load()
@@ -624,9 +645,13 @@ def run(*, datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_
     work_dir.mkdir(parents=True, exist_ok=True)
 
     from featurize.pipeline import FeaturizeConfig
+    from featurize.pooled_maps import parse_pooled_maps
 
+    if tune_features and not tune:
+        raise UserError("--tune-features: name the recipes to tune with --tune")
     featurizer = Featurizer(backbone, weights, FeaturizeConfig(gpu=gpu, batch_size=batch_size, workers=workers,
-                                                               progress=not no_progress))
+                                                               progress=not no_progress,
+                                                               pooled_maps=parse_pooled_maps(pooled_maps)))
     prepared = []
     for d in datasets:
         click.echo(f"[{d}] preparing", err=True)
@@ -643,7 +668,7 @@ def run(*, datasets, data_dir, backbone, weights, work_dir, limit, folds, inner_
             prepared.append(prepare_store(store_path, backbone, train_split, test_split, groups, limit, seed))
         res = evaluate_dataset(prepared[-1], recipes, folds=folds, inner_folds=inner_folds, trials=trials,
                                seed=seed, threads=threads or None, progress=not no_progress, tune=_split_csv(tune),
-                               tune_trials=tune_trials, tune_cv=tune_cv)
+                               tune_trials=tune_trials, tune_cv=tune_cv, tune_features=list(tune_features))
         prepared[-1] = res
         click.echo("\n" + format_dataset(res) + "\n")
 

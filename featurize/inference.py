@@ -9,6 +9,7 @@ What it does to be fast while giving the reference's features:
 - (B, H, W, C) pixels viewed as (B, C, H, W) are already channels_last, the memory format in which
   oneDNN (CPU) and cuDNN (GPU) run depthwise and 1x1 convolutions fastest; the model is converted too;
 - BatchNorm folded into the preceding convolutions (`featurize.bn_fold`);
+- inner maps pooled to a small grid by forward hooks, on request (`featurize.pooled_maps`);
 - torch.inference_mode; autocast to bf16 (CPU with AVX512-BF16/AMX, or GPU) or fp16 (GPU) on request.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from featheads.core.errors import UserError
 
 from .bn_fold import fold_batchnorm
+from .pooled_maps import MapHooks
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -67,19 +69,23 @@ class BatchRunner:
     """A frozen backbone prepared for inference on one device at one precision."""
 
     def __init__(self, model: torch.nn.Module, spec, *, device: torch.device, precision: str = "fp32",
-                 fold_bn: bool = True):
+                 fold_bn: bool = True, pooled_maps=()):
         check_precision(precision, device)
         self.device = device
         self.dtype = PRECISIONS[precision]
         self.channels = 1 if spec.grayscale else 3
         size = spec.input_size
         model = model.eval()
+        modules = dict(model.named_modules())
+        if any(isinstance(modules.get(pm.module), torch.nn.Conv2d) for pm in pooled_maps):
+            fold_bn = False  # a folded convolution returns its BatchNorm's output, not its own
         if fold_bn:
             example = torch.randn(2, self.channels, size, size, generator=torch.Generator().manual_seed(0))
             model = fold_batchnorm(model, example)
         self.model = model.to(device, memory_format=torch.channels_last)
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
         self.std = torch.tensor(spec.std, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+        self.hooks = MapHooks(self.model, tuple(pooled_maps)) if pooled_maps else None
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -90,10 +96,16 @@ class BatchRunner:
 
     def __call__(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings (B, D), logits (B, K)) as float32 numpy arrays."""
+        out = self.arrays(pixels)
+        return out["embeddings"], out["logits"]
+
+    def arrays(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
+        """{"embeddings": (B, D), "logits": (B, K), and each pooled map's array (B, C x G x G)}, float32."""
         autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
                     else contextlib.nullcontext())
         with torch.inference_mode():
             x = self.normalize(pixels)
             with autocast:
                 emb, logits = self.model(x)
-            return emb.float().cpu().numpy(), logits.float().cpu().numpy()
+            out = {"embeddings": emb, "logits": logits, **(self.hooks.take() if self.hooks else {})}
+            return {k: v.float().cpu().numpy() for k, v in out.items()}

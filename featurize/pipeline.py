@@ -30,6 +30,7 @@ from featheads.core.errors import UserError
 from .heap import keep_freed_memory
 from .images import ImageDecodeError, decode_resized, open_image_root
 from .journal import Journal
+from .pooled_maps import map_widths, parse_pooled_maps
 from .readers import AnnotationError, Sample, read_abaw_mtl, read_class_folders, read_images, sample_columns
 
 SOURCES = ("abaw-mtl", "folders", "images")
@@ -47,6 +48,7 @@ class FeaturizeConfig:
     progress: bool = True  # tqdm bar with images/s and ETA on stderr
     part_rows: int = 4096  # journal: rows per part file ...
     part_seconds: float = 30.0  # ... or at least one part this often (work lost to a kill: at most this)
+    pooled_maps: tuple = ()  # featurize.pooled_maps.PooledMap: inner maps kept as extra arrays; in the identity
 
 
 @dataclass
@@ -117,9 +119,13 @@ def default_workers(device_type: str = "cpu") -> int:
     return 0 if cores <= 4 else min(8, cores // 4)
 
 
-def source_identity(backbone, precision: str) -> dict:
-    """What makes features comparable: the backbone spec, the weights' sha256 and the precision."""
-    return {**backbone.spec.identity(), "weights_sha256": backbone.weights_sha256, "precision": precision}
+def source_identity(backbone, precision: str, pooled_maps=()) -> dict:
+    """What makes features comparable: the backbone spec, the weights' sha256 and the precision (and the
+    pooled maps, when any: a source holds the same arrays for every row)."""
+    identity = {**backbone.spec.identity(), "weights_sha256": backbone.weights_sha256, "precision": precision}
+    if pooled_maps:
+        identity["pooled_maps"] = [str(pm) for pm in pooled_maps]
+    return identity
 
 
 def _provenance(backbone, config: FeaturizeConfig, device: str) -> dict:
@@ -145,26 +151,23 @@ class _PendingParts:
     def __init__(self, journal: Journal, config: FeaturizeConfig):
         self.journal, self.config = journal, config
         self.keys: list[str] = []
-        self.emb: list[np.ndarray] = []
-        self.logits: list[np.ndarray] = []
+        self.arrays: dict[str, list[np.ndarray]] = {}
         self.status: list[np.ndarray] = []
         self.last = time.monotonic()
 
-    def add(self, keys, emb, logits, status):
+    def add(self, keys, arrays: dict, status):
         self.keys.extend(keys)
-        self.emb.append(emb)
-        self.logits.append(logits)
+        for name, values in arrays.items():
+            self.arrays.setdefault(name, []).append(values)
         self.status.append(status)
         if len(self.keys) >= self.config.part_rows or time.monotonic() - self.last >= self.config.part_seconds:
             self.flush()
 
     def flush(self):
         if self.keys:
-            self.journal.write_part(
-                self.keys, {"embeddings": np.concatenate(self.emb), "logits": np.concatenate(self.logits)},
-                np.concatenate(self.status),
-            )
-        self.keys, self.emb, self.logits, self.status = [], [], [], []
+            self.journal.write_part(self.keys, {k: np.concatenate(v) for k, v in self.arrays.items()},
+                                    np.concatenate(self.status))
+        self.keys, self.arrays, self.status = [], {}, []
         self.last = time.monotonic()
 
 
@@ -223,10 +226,12 @@ def featurize_samples(
     device = _run_device(config)
     if config.batch_size < 1:
         raise UserError(f"--batch-size {config.batch_size}: must be at least 1")
-    identity = source_identity(backbone, config.precision)
+    identity = source_identity(backbone, config.precision, config.pooled_maps)
     device_name = describe_device(device)
+    widths = {"embeddings": (spec.embedding_dim, None), "logits": (len(spec.logit_names), spec.logit_names)}
+    widths.update((name, (w, None)) for name, w in map_widths(backbone.model, spec, config.pooled_maps).items())
     journal = Journal(store, source, identity)
-    all_rows, status = _register(store, samples, split, source, identity, spec,
+    all_rows, status = _register(store, samples, split, source, identity, widths,
                                  _provenance(backbone, config, device_name), journal, wait)
     if shard is not None:
         mine = shard_rows(samples, *shard)
@@ -243,7 +248,8 @@ def featurize_samples(
         start = time.perf_counter()
         with keep_freed_memory():  # each batch's activations reuse the last one's pages (featurize.heap)
             examples = _compute(samples, todo, root=root, backbone=backbone, device=device, config=config,
-                                journal=journal, source=source, merge=lambda: _merge(store, journal, rows, wait))
+                                journal=journal, source=source, widths={k: w for k, (w, _) in widths.items()},
+                                merge=lambda: _merge(store, journal, rows, wait))
         seconds = time.perf_counter() - start
         status = _merge(store, journal, rows, wait)
 
@@ -268,22 +274,20 @@ def _run_device(config: FeaturizeConfig):
     return device
 
 
-def _register(store, samples, split, source, identity, spec, provenance, journal, wait):
-    """Add the rows and the source (merging parts an interrupted run left) -> (rows, their status)."""
+def _register(store, samples, split, source, identity, arrays, provenance, journal, wait):
+    """Add the rows and the source (arrays: name -> (width, column names); merging parts an interrupted
+    run left) -> (rows, their status)."""
     with FeatureStore.open(store, "a", wait=wait) as st:
         all_rows = st.add_samples([s.key for s in samples], split=split, **sample_columns(samples))
-        st.create_source(
-            source, identity=identity,
-            arrays={"embeddings": (spec.embedding_dim, None), "logits": (len(spec.logit_names), spec.logit_names)},
-            provenance=provenance,
-        )
+        st.create_source(source, identity=identity, arrays=arrays, provenance=provenance)
         merged = journal.merge_into(st)
         st.commit()
         journal.remove(merged)
         return all_rows, st.source_status(source, all_rows)
 
 
-def _compute(samples, todo, *, root, backbone, device, config, journal, source, merge) -> list[tuple[str, str]]:
+def _compute(samples, todo, *, root, backbone, device, config, journal, source, widths,
+             merge) -> list[tuple[str, str]]:
     """Run the backbone over the `todo` rows, batch by batch into journal parts; returns up to ten
     (key, reason) of invalid rows. --strict: the first bad image merges what is finished and stops."""
     import torch
@@ -293,7 +297,8 @@ def _compute(samples, todo, *, root, backbone, device, config, journal, source, 
     from .inference import BatchRunner
 
     spec = backbone.spec
-    runner = BatchRunner(backbone.model, spec, device=device, precision=config.precision)
+    runner = BatchRunner(backbone.model, spec, device=device, precision=config.precision,
+                         pooled_maps=config.pooled_maps)
     dataset = PixelDataset(root, [samples[i].image for i in todo], size=spec.input_size,
                            grayscale=spec.grayscale, interpolation=spec.interpolation)
     workers = default_workers(device.type) if config.workers is None else config.workers
@@ -314,19 +319,19 @@ def _compute(samples, todo, *, root, backbone, device, config, journal, source, 
                 i = int(np.flatnonzero(~ok)[0])
                 image = samples[todo[index[i]]].image
                 raise UserError(f"{root.describe(image)}: {errors[i]} (--strict)")
-            emb = np.full((len(keys), spec.embedding_dim), np.nan, np.float32)
-            logits = np.full((len(keys), len(spec.logit_names)), np.nan, np.float32)
+            arrays = {name: np.full((len(keys), w), np.nan, np.float32) for name, w in widths.items()}
             if ok.any():
                 batch = pixels if ok.all() else pixels[torch.from_numpy(ok)]
-                emb[ok], logits[ok] = runner(batch)
-            finite = np.isfinite(emb).all(axis=1) & np.isfinite(logits).all(axis=1)
+                for name, values in runner.arrays(batch).items():
+                    arrays[name][ok] = values
+            finite = np.logical_and.reduce([np.isfinite(a).all(axis=1) for a in arrays.values()])
             for i in np.flatnonzero(ok & ~finite):
                 errors[i] = "the backbone gave non-finite features"
             status = np.where(ok & finite, STATUS_OK, STATUS_INVALID).astype(np.int8)
             for i in np.flatnonzero(status != STATUS_OK):
                 if len(examples) < 10:
                     examples.append((keys[i], errors[i]))
-            pending.add(keys, emb, logits, status)
+            pending.add(keys, arrays, status)
             bar.update(len(keys))
     except UserError:  # --strict: keep what is finished in the store, then stop
         bar.close()
@@ -362,7 +367,7 @@ def run_featurize(
     gpu: bool = False, precision: str = "fp32", batch_size: int = 64, workers: int | None = None,
     strict: bool = False, limit: int | None = None, progress: bool = True, allow_download: bool = True,
     shard: tuple[int, int] | None = None, retry_invalid: bool = False, wait: float | None = None,
-    logit_names=None,
+    logit_names=None, pooled_maps: str | None = None,
 ) -> RunSummary:
     """`featurize run` as a function: read rows, load the backbone, featurize every row into `store`.
 
@@ -371,7 +376,8 @@ def run_featurize(
     class names (--source folders) when the count is theirs, else 0, 1, ...
 
     shard: (index, count) 0-based; None: from torchrun (RANK/WORLD_SIZE) or a SLURM job array
-    (SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) when set, else every row (`shard_from_env`)."""
+    (SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) when set, else every row (`shard_from_env`).
+    pooled_maps: "MODULE:G,..." (--pooled-maps): inner maps kept as extra arrays (featurize.pooled_maps)."""
     from store.feature_store import check_store_folder
 
     from .backbones import load_backbone
@@ -388,7 +394,7 @@ def run_featurize(
             raise UserError(f"--limit {limit}: must be at least 1")
         samples = samples[:limit]
     config = FeaturizeConfig(gpu=gpu, precision=precision, batch_size=batch_size, workers=workers,
-                             strict=strict, progress=progress)
+                             strict=strict, progress=progress, pooled_maps=parse_pooled_maps(pooled_maps))
     from .inference import check_precision, pick_device
 
     check_precision(precision, pick_device(gpu))  # before loading (or downloading) any weights

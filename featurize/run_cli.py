@@ -24,6 +24,10 @@ import click
 @click.option("--source-name", help="Feature source to write in the store (default: the backbone name).")
 @click.option("--logit-names", help="Comma-separated names of the logits, e.g. for a fine-tuned --weights file "
               "with another class count (default: the file's metadata, else the backbone's names, else 0,1,...).")
+@click.option("--pooled-maps", metavar="MODULE:G[,...]",
+              help="Also store inner feature maps averaged over a G x G grid, one array map_<module>_<G>x<G> each "
+                   "(e.g. blocks.2:2,blocks.3:2 on fer_mini_xception); part of the source identity. A wrong "
+                   "module name lists the backbone's modules. See docs/FEATURIZE.md.")
 @click.option("--gpu", is_flag=True, help="Run the backbone on the CUDA GPU.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Autocast precision; fp16 needs --gpu. Part of the source identity.")
@@ -41,7 +45,7 @@ import click
 @click.option("--wait", "wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Wait this long for another writer of the store to finish [default: FEATHEADS_STORE_WAIT or 300].")
 def run(source, annotations, images, subdir, task, split, store_path, backbone, weights, source_name, logit_names,
-        gpu, precision, batch_size, workers, strict, limit, no_progress, shard, retry_invalid, wait):
+        pooled_maps, gpu, precision, batch_size, workers, strict, limit, no_progress, shard, retry_invalid, wait):
     """Featurize images into a store: embeddings and logits of a frozen backbone for every row.
 
     Interrupted (Ctrl-C, kill), the same command again computes only the missing rows.
@@ -65,7 +69,7 @@ def run(source, annotations, images, subdir, task, split, store_path, backbone, 
             store=store_path, backbone=backbone, weights=weights, source_name=source_name, gpu=gpu,
             precision=precision, batch_size=batch_size, workers=workers, strict=strict, limit=limit,
             progress=not no_progress, shard=parse_shard(shard) if shard else None, retry_invalid=retry_invalid,
-            wait=wait, logit_names=parse_logit_names(logit_names),
+            wait=wait, logit_names=parse_logit_names(logit_names), pooled_maps=pooled_maps,
         )
     except KeyboardInterrupt:
         from store.journal import pending_rows

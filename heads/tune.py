@@ -99,30 +99,49 @@ def _fingerprint(X, y, groups) -> str:
 
 
 class _TaskData:
-    """One task's training rows: X, y (as heads' fit takes it), groups and folds."""
+    """One task's training rows: X per feature spec to choose among (the first: plan.features), y (as
+    heads' fit takes it), groups and folds. One spec: nothing to choose; several: a study parameter."""
 
     def __init__(self, plan: Plan, X, y, groups, folds, labels):
-        self.plan, self.X, self.y, self.groups, self.folds, self.labels = plan, X, y, groups, folds, labels
+        X = X if isinstance(X, dict) else {plan.features: X}
+        self.plan, self.Xs, self.y, self.groups, self.folds, self.labels = plan, X, y, groups, folds, labels
+        self.X = X[plan.features]
+        self.templates = {spec: spec for spec in X}  # spec -> as the user wrote it ("{backbone}" kept)
 
 
-def _load(st: FeatureStore, plan: Plan, train_rows: np.ndarray, grouping: str, cv: int, seed: int) -> _TaskData:
+def _load(st: FeatureStore, plan: Plan, train_rows: np.ndarray, grouping: str, cv: int, seed: int,
+          choices=()) -> _TaskData:
+    """The training rows of one task; with `choices` (feature specs), only the rows valid in every one
+    of them, so that every choice is scored on the same rows and folds."""
+    from store import STATUS_OK
+
     from .fitting import _training_data
 
-    X, y, videos = _training_data(st, plan, train_rows, "recipe")
+    specs = list(dict.fromkeys(choices or [plan.features]))
+    if len(specs) > 1:
+        sources = dict.fromkeys(src for spec in specs for src, _ in st.parse_feature_spec(spec))
+        keep = np.logical_and.reduce([st.source_status(src, train_rows) == STATUS_OK for src in sources])
+        train_rows = train_rows[keep]
+    Xs, y, videos = {}, None, None
+    for spec in specs:
+        Xs[spec], y, videos = _training_data(st, Plan(plan.key, spec, plan.head, plan.params), train_rows, "recipe")
+    plan = Plan(plan.key, specs[0], plan.head, plan.params)
     groups = _groups(videos, grouping)
     folds = grouped_folds(groups, cv, seed)
     labels = y if plan.kind != "regression" else y.astype(np.float32)
-    return _TaskData(plan, X, y, groups, folds, labels)
+    return _TaskData(plan, Xs, y, groups, folds, labels)
 
 
 def _predict(plan: Plan, head, X):
     return head.predict(X) if plan.kind == "regression" else head.predict_proba(X)
 
 
-def cross_validate(data: _TaskData, params: dict, seed: int, trial=None) -> tuple[float, dict, np.ndarray]:
-    """(value, metrics, out-of-fold predictions) of params on the task's folds; reports each fold's
-    running mean to `trial` and raises optuna.TrialPruned when the pruner says so."""
-    plan, X, y = data.plan, data.X, data.y
+def cross_validate(data: _TaskData, params: dict, seed: int, trial=None,
+                   features: str | None = None) -> tuple[float, dict, np.ndarray]:
+    """(value, metrics, out-of-fold predictions) of params on the task's folds, on the features of
+    spec `features` (default: the plan's); reports each fold's running mean to `trial` and raises
+    optuna.TrialPruned when the pruner says so."""
+    plan, X, y = data.plan, data.Xs[features or data.plan.features], data.y
     task = plan.key
     oof = None
     fold_scores = []
@@ -151,8 +170,12 @@ def cross_validate(data: _TaskData, params: dict, seed: int, trial=None) -> tupl
 
 def tune_heads(store, recipe, task: str, *, train: str = "train", cv: int = 5, trials: int = 30,
                storage: str | None = None, study_name: str | None = None, groups: str = "video",
-               seed: int = 0, backbone: str | None = None, out=None, progress: bool = False) -> dict:
-    """Run (or continue) one study per task; return the tuned recipe (written to `out` when given)."""
+               seed: int = 0, backbone: str | None = None, out=None, progress: bool = False,
+               features=()) -> dict:
+    """Run (or continue) one study per task; return the tuned recipe (written to `out` when given).
+
+    features: feature specs to choose among (--features, "{backbone}" allowed), a categorical
+    parameter of each study; the tuned recipe keeps the chosen one. Default: the recipe's."""
     import optuna
 
     _check_options(task, cv, trials, groups)
@@ -163,7 +186,7 @@ def tune_heads(store, recipe, task: str, *, train: str = "train", cv: int = 5, t
     storage_obj, storage_label = resolve_storage(storage, default_storage)
     recipe_name = doc.get("name", Path(source).stem)
     base = study_name or f"heads-{recipe_name}-{train}"
-    datas, store_abs = _load_tasks(store, doc, source, tasks, train, groups, cv, seed, backbone)
+    datas, store_abs = _load_tasks(store, doc, source, tasks, train, groups, cv, seed, backbone, features)
 
     old_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(logging.WARNING)
@@ -174,13 +197,14 @@ def tune_heads(store, recipe, task: str, *, train: str = "train", cv: int = 5, t
     tuning = {}
     try:
         for t, data in datas.items():
-            config = {"task": t, "train": train, "head": data.plan.head, "features": data.plan.features,
+            config = {"task": t, "train": train, "head": data.plan.head,
+                      "features": list(data.Xs) if len(data.Xs) > 1 else data.plan.features,
                       "base_params": data.plan.params, "cv": int(cv), "groups": groups, "seed": int(seed),
                       "fingerprint": _fingerprint(data.X, data.y, data.groups)}
             params, tuning[t] = _run_study(data, f"{base}-{t}", config, storage_obj, storage_label, trials=trials,
                                            seed=seed, source=source, progress=progress)
-            tuned["tasks"][t] = {"features": doc["tasks"][t]["features"], "head": data.plan.head,
-                                 "params": json.loads(json.dumps(params))}
+            chosen = data.templates[tuning[t]["features"]]
+            tuned["tasks"][t] = {"features": chosen, "head": data.plan.head, "params": json.loads(json.dumps(params))}
     finally:
         optuna.logging.set_verbosity(old_verbosity)
     tuned["tuning"] = {"recipe": source, "store": store_abs, "tasks": tuning, "toolkit_version": toolkit_version(),
@@ -190,19 +214,23 @@ def tune_heads(store, recipe, task: str, *, train: str = "train", cv: int = 5, t
     return tuned
 
 
-def tune_arrays(plan: Plan, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, cv: int = 5, trials: int = 30,
+def tune_arrays(plan: Plan, X, y: np.ndarray, groups: np.ndarray, *, cv: int = 5, trials: int = 30,
                 seed: int = 0) -> tuple[dict, dict]:
     """The study of tune_heads on arrays already in memory (no store, no storage kept): the head's
     search space scored by `cv`-fold cross-validation grouped by `groups` over these rows only.
-    X, y as the head's fit takes them (heads.plan.training_target). Returns (the best params, the
-    record a tuned recipe keeps). For benchmarks that tune inside each outer fold."""
+    X, y as the head's fit takes them (heads.plan.training_target); X may be {feature spec: array} of
+    the same rows, to choose among (the first is plan.features' place). Returns (the best params, the
+    record a tuned recipe keeps; its "features" is the chosen spec). For benchmarks that tune inside
+    each outer fold."""
     import optuna
 
     _check_options(plan.key, cv, trials, "row")
     groups = np.asarray(groups)
     labels = y if plan.kind != "regression" else np.asarray(y, dtype=np.float32)
-    data = _TaskData(plan, X, y, groups, grouped_folds(groups, cv, seed), labels)
-    config = {"task": plan.key, "train": "arrays", "head": plan.head, "features": plan.features,
+    Xs = dict(X) if isinstance(X, dict) else {plan.features: X}
+    plan = Plan(plan.key, next(iter(Xs)), plan.head, plan.params)  # the first spec takes the plan's place
+    data = _TaskData(plan, Xs, y, groups, grouped_folds(groups, cv, seed), labels)
+    config = {"task": plan.key, "train": "arrays", "head": plan.head, "features": list(Xs),
               "base_params": plan.params, "cv": int(cv), "groups": "given", "seed": int(seed)}
     storage_obj, storage_label = resolve_storage("memory", None)
     old_verbosity = optuna.logging.get_verbosity()
@@ -238,23 +266,29 @@ def _check_recipe(doc: dict, source: str, tasks) -> None:
             raise RecipeError(f"{source}: tasks.{t}.params.bagging: tune the head without bagging, then add it")
 
 
-def _load_tasks(store, doc, source, tasks, train, groups, cv, seed, backbone) -> tuple[dict, str]:
+def _load_tasks(store, doc, source, tasks, train, groups, cv, seed, backbone, choices=()) -> tuple[dict, str]:
     """{task: its training rows' features, labels and folds}, reading the training split only."""
     with FeatureStore.open(store, "r") as st:
         train_rows = st.rows(train)  # the only rows read: no other split's labels or features
-        if any("{backbone}" in doc["tasks"][t]["features"] for t in tasks):
+        if any("{backbone}" in spec for spec in [doc["tasks"][t]["features"] for t in tasks] + list(choices)):
             arrays = {s: list(st.source_info(s)["arrays"]) for s in st.sources()}
             backbone = choose_backbone(arrays, backbone, st.path)
         datas = {}
         for t in tasks:
             e = doc["tasks"][t]
-            plan = Plan(t, fill_backbone(e["features"], backbone, source, f"tasks.{t}.features"), e["head"],
-                        dict(e.get("params", {})))
-            try:
-                st.parse_feature_spec(plan.features)
-            except UserError as err:
-                raise RecipeError(f"{source}: tasks.{t}.features {plan.features!r}: {err}") from None
-            datas[t] = _load(st, plan, train_rows, groups, cv, seed)
+            templates = list(dict.fromkeys(choices)) or [e["features"]]
+            filled = {}
+            for i, tpl in enumerate(templates):
+                where, key = (source, f"tasks.{t}.features") if not choices else ("--features", f"choice {i + 1}")
+                spec = fill_backbone(tpl, backbone, where, key)
+                try:
+                    st.parse_feature_spec(spec)
+                except UserError as err:
+                    raise RecipeError(f"{where}: {key} {spec!r}: {err}") from None
+                filled[spec] = tpl
+            plan = Plan(t, next(iter(filled)), e["head"], dict(e.get("params", {})))
+            datas[t] = _load(st, plan, train_rows, groups, cv, seed, choices=list(filled))
+            datas[t].templates = filled
         return datas, str(Path(st.path).resolve())
 
 
@@ -269,10 +303,13 @@ def _run_study(data, name: str, config: dict, storage_obj, storage_label: str, *
                        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
     _check_config(study, name, storage_label, config)
 
+    choices = list(data.Xs)
+
     def objective(trial):
+        features = trial.suggest_categorical("features", choices) if len(choices) > 1 else choices[0]
         params = suggest_params(trial, plan.head, plan.kind, n_rows=n_rows, base=plan.params)
         try:
-            value, summary, _ = cross_validate(data, params, seed, trial)
+            value, summary, _ = cross_validate(data, params, seed, trial, features=features)
         except ValueError as e:  # parameters the head refuses: a recipe problem
             raise RecipeError(f"{source}: tasks.{plan.key}: {e}") from None
         trial.set_user_attr("oof", summary)
@@ -295,6 +332,7 @@ def _run_study(data, name: str, config: dict, storage_obj, storage_label: str, *
         raise UserError(f"study {name!r}: no trial completed (all pruned or failed); run more --trials") from None
     params = suggest_params(optuna.trial.FixedTrial(best.params), plan.head, plan.kind, n_rows=n_rows,
                             base=plan.params)
+    features = best.params.get("features", choices[0])
     states = [tr.state.name for tr in study.get_trials(deepcopy=False)]
     record = {
         "study": name, "storage": describe_storage(storage_label), "best_trial": int(best.number),
@@ -302,7 +340,8 @@ def _run_study(data, name: str, config: dict, storage_obj, storage_label: str, *
         "best_params": best.params, "trials": {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
                                                "failed": states.count("FAIL")},
         "cv": int(config["cv"]), "groups": config["groups"], "train": config["train"], "n_rows": int(n_rows),
-        "features": plan.features, "seed": int(seed), "seconds_this_run": round(time.perf_counter() - t0, 2),
+        "features": features, "feature_choices": choices if len(choices) > 1 else None, "seed": int(seed),
+        "seconds_this_run": round(time.perf_counter() - t0, 2),
     }
     return params, record
 

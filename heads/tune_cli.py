@@ -35,23 +35,29 @@ from .tune import GROUPINGS, TUNE_TASKS
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampler, the folds and the heads.")
 @click.option("--source-name", "backbone", cls=AliasedOption, aliases=("--backbone",), default=None,
               help="Feature source of the store that fills {backbone} [default: the store's only one].")
+@click.option("--features", "features", multiple=True, metavar="SPEC",
+              help="Feature spec to choose among (repeat the option: the choice is a parameter of the study, "
+                   "scored on the same folds); \"{backbone}\" allowed. Default: the recipe's features.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Tuned recipe (JSON) to write.")
 @click.option("--no-progress", "quiet", is_flag=True, cls=AliasedOption, aliases=("--quiet",), help="No progress bars.")
 @threads_option
-def tune(store, recipe, task, train, cv, groups, trials, storage, study_name, seed, backbone, out, quiet):
+def tune(store, recipe, task, train, cv, groups, trials, storage, study_name, seed, backbone, features, out, quiet):
     """Tune head hyperparameters by grouped cross-validation on the training split; write a recipe.
 
     \b
     Example:
       heads tune --store s.h5 --recipe lightgbm --task expr --cv 5 --trials 50 --out tuned.json
       heads fit expr --store s.h5 --recipe tuned.json --out runs/tuned
+      heads tune --store s.h5 --recipe logistic --task au --groups subject --trials 30 \\
+          --features "{backbone}.embeddings+{backbone}.logits" \\
+          --features "{backbone}.embeddings+{backbone}.logits+{backbone}.map_blocks_3_2x2" --out tuned.json
     """
     from .tune import tune_heads, tuned_summary
 
     try:
         doc = tune_heads(store, recipe, task, train=train, cv=cv, trials=trials, storage=storage,
                          study_name=study_name, groups=groups, seed=seed, backbone=backbone, out=out,
-                         progress=not quiet)
+                         progress=not quiet, features=features)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished trials are kept in the study; run the same command again to continue",
                    err=True)

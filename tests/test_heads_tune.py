@@ -334,3 +334,57 @@ def test_tune_arrays_folds_by_the_given_groups_and_matches_its_own_cross_validat
     value, _, _ = T.cross_validate(data, params, 1)
     assert value == pytest.approx(record["best_value"])
     assert 0.25 < record["best_value"] <= 3 / 8  # P_EXPR averages the 8 MTL classes; 3 are present
+
+
+def test_features_choice_is_a_study_parameter_on_the_same_rows(stores, tmp_path):
+    """--features A --features B: each trial samples one spec; every spec is scored on the rows valid in
+    all of them (one fold assignment), and the tuned recipe keeps the chosen spec as written."""
+    shutil.copy(stores / "s.h5", tmp_path / "s.h5")
+    rng = np.random.default_rng(5)
+    with FeatureStore.open(tmp_path / "s.h5", "a") as st:
+        st.create_source("noise", identity={"what": "noise"}, arrays={"x": (8, None)})
+        n = st.n_rows
+        status = np.where(rng.random(n) < 0.1, 2, STATUS_OK).astype(np.int8)  # 10% invalid in this source only
+        st.write_features("noise", np.arange(n), {"x": rng.normal(size=(n, 8)).astype(np.float32)}, status)
+        train = st.rows("train")
+        labelled = FeatureStore.label_mask("expr", st.labels("expr", train))
+        both = labelled & (status[train] == STATUS_OK) & (st.source_status(SOURCE, train) == STATUS_OK)
+    good = "{backbone}.embeddings+{backbone}.logits"
+    out = tmp_path / "tuned.json"
+    r = run("tune", "--store", tmp_path / "s.h5", "--recipe", "logistic", "--task", "expr", "--cv", "3",
+            "--trials", "8", "--quiet", "--features", "noise.x", "--features", good, "--source-name", SOURCE,
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    info = doc["tuning"]["tasks"]["expr"]
+    assert info["n_rows"] == int(both.sum())
+    assert info["feature_choices"] == ["noise.x", f"{SOURCE}.embeddings+{SOURCE}.logits"]
+    study = optuna.load_study(study_name=info["study"], storage=f"sqlite:///{tmp_path / 'tuned.optuna.db'}")
+    values = {}
+    for t in study.trials:
+        if t.state.name == "COMPLETE":
+            values.setdefault(t.params["features"], []).append(t.value)
+    assert len(values) == 2  # both were tried
+    assert max(values["noise.x"]) < min(values[f"{SOURCE}.embeddings+{SOURCE}.logits"])
+    assert doc["tasks"]["expr"]["features"] == good and info["features"] == f"{SOURCE}.embeddings+{SOURCE}.logits"
+    assert "features" not in doc["tasks"]["expr"]["params"]
+    r = run("fit", "expr", "--store", tmp_path / "s.h5", "--recipe", out, "--source-name", SOURCE,
+            "--out", tmp_path / "run", "--quiet")
+    assert r.exit_code == 0, r.output
+    bad = run("tune", "--store", tmp_path / "s.h5", "--recipe", "logistic", "--task", "expr", "--trials", "1",
+              "--quiet", "--features", "noise.y", "--out", tmp_path / "t2.json")
+    assert bad.exit_code != 0 and "--features: choice 1 'noise.y'" in bad.output and "Traceback" not in bad.output
+
+
+def test_tune_arrays_chooses_among_feature_sets():
+    from heads.plan import Plan
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(12), 20)
+    y = rng.integers(0, 3, len(groups))
+    signal = (rng.normal(size=(len(groups), 6)) + 2.0 * np.eye(3, 6)[y]).astype(np.float32)
+    noise = rng.normal(size=(len(groups), 6)).astype(np.float32)
+    plan = Plan("expr", "noise", "linear", {})
+    params, record = T.tune_arrays(plan, {"noise": noise, "signal": signal}, y, groups, cv=3, trials=8, seed=0)
+    assert record["features"] == "signal" and record["feature_choices"] == ["noise", "signal"]
+    assert "features" not in params
