@@ -88,7 +88,7 @@ def test_abaw_layout_then_existing_store(tmp_path):
     common = ["--backbone", "timm:test_efficientnet", "--work-dir", work, "--recipes", "logistic,lightgbm",
               "--results", results, *QUICK]
     _run("--dataset", "abaw-mtl", "--annotations", paths["train"], "--eval-annotations", paths["val"],
-         "--images", paths["images"], *common)
+         "--images", paths["images"], "--pooled-maps", "model.blocks.1:2", *common)
     figures = json.loads((work / "real_data_results.json").read_text())
     (res,) = figures["datasets"]
     assert res["protocol"] == "hold-out: fit on train, score test"
@@ -98,12 +98,15 @@ def test_abaw_layout_then_existing_store(tmp_path):
         assert set(t["predictors"]) == {"logistic (linear)", "lightgbm (lightgbm)", "blend"}
     assert sum(f["computed"] for f in res["featurize"]) > 0
     store = Path(res["store"])
+    assert store.name.endswith("_map_model_blocks_1_2x2.h5")
 
     # The same store again, as a user with an existing s-Aff-Wild2 store would run it: no featurizing,
     # grouped cross-validation over the training split.
-    # With a heads tune column: one study per outer fold, on that fold's training rows.
+    # With a heads tune column: one study per outer fold, on that fold's training rows, choosing the
+    # features too (with and without the pooled maps).
     _run("--dataset", "store", "--store", store, "--train-split", "train", "--folds", 2, "--tune", "logistic",
-         "--tune-trials", 3, "--tune-cv", 2, *common)
+         "--tune-trials", 3, "--tune-cv", 2, "--tune-features", "{backbone}.embeddings",
+         "--tune-features", "{backbone}.embeddings+{backbone}.map_model_blocks_1_2x2", *common)
     (res2,) = json.loads((work / "real_data_results.json").read_text())["datasets"]
     assert res2["featurize"] == []
     assert res2["protocol"] == "2-fold cross-validation grouped by video"
@@ -111,6 +114,9 @@ def test_abaw_layout_then_existing_store(tmp_path):
     assert "tuned logistic (linear)" in res2["tasks"]["expr"]["predictors"]
     studies = res2["tasks"]["expr"]["studies"]["tuned logistic (linear)"]
     assert len(studies) == 2 and all("C" in f["best_params"] for f in studies)
+    assert all(f["best_params"]["features"] in ("timm:test_efficientnet.embeddings",
+                                                "timm:test_efficientnet.embeddings+timm:test_efficientnet."
+                                                "map_model_blocks_1_2x2") for f in studies)
     assert "heads tune best params per outer fold" in results.read_text()
     assert results.read_text().count("## Real data:") == 2
 
