@@ -4,16 +4,16 @@ the whole face (what the store holds) vs pooled over a 2 x 2 grid of the face (i
 
     python bench/ckplus_spatial.py [--data-dir ../shared/data] [--weights ../shared/models/fer_mini_xception.hdf5]
 
-An exploration, not a toolkit feature: the store's `embeddings` are the global average of the last
-block's 128 x 4 x 4 map, so an action unit's place on the face (brows, lips) is averaged away. This
-reads the inner maps with forward hooks on the registered backbone (featurize.backbones.load_backbone,
-the pixels as `featurize run` prepares them), pools them 2 x 2 (or keeps the 4 x 4 map) and appends
-them to embeddings + logits. Each feature set is scored with the `logistic` recipe's heads and params,
-fixed in advance (LogisticHead / LogisticMultilabelHead, C 0.05, balanced class weights), under
-bench/real_data.py's CK+ protocol: 10 folds grouped by subject (blend.folds.grouped_folds, seed 0),
-every figure on the held-out folds. The five sets were all scored on these same folds, so the best of
-them is an optimistic figure until a held-out set confirms it. Prints a table and appends it to
-bench/RESULTS.md (--no-append: print only).
+The store's `embeddings` are the global average of the last block's 128 x 4 x 4 map, so an action
+unit's place on the face (brows, lips) is averaged away. This featurizes CK+ with `--pooled-maps`
+(featurize.pooled_maps: the inner maps pooled 2 x 2, and block 4's 4 x 4 map kept whole) into a
+temporary store and appends them to embeddings + logits. Each feature set is scored with the
+`logistic` recipe's heads and params, fixed in advance (LogisticHead / LogisticMultilabelHead, C 0.05,
+balanced class weights), under bench/real_data.py's CK+ protocol: 10 folds grouped by subject
+(blend.folds.grouped_folds, seed 0), every figure on the held-out folds. The five sets were all scored
+on these same folds, so the best of them is an optimistic figure; the honest version (the feature set
+chosen inside each training fold) is bench/real_data.py --pooled-maps --tune-features (docs/REAL_DATA.md).
+Prints a table and appends it to bench/RESULTS.md (--no-append: print only).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,45 +33,38 @@ sys.path.insert(0, str(ROOT / "bench"))
 from heads_scale import machine  # noqa: E402  (the machine line of the other benchmarks)
 
 C, CLASS_WEIGHT, FOLDS, SEED = 0.05, "balanced", 10, 0  # the `logistic` recipe; real_data.py's CK+ folds
+MAPS = "blocks.2:2,blocks.3:2,blocks.3:4"  # fer_mini_xception's blocks 3 and 4 (0-based names), grids
 N_EXPR = 8  # MTL expression classes (CK+ uses 1..7)
 
 
-def spatial_features(samples, image_root: Path, weights: Path, batch: int = 128) -> dict[str, np.ndarray]:
+def spatial_features(samples, image_root: Path, weights: Path, work: Path) -> dict[str, np.ndarray]:
     """{name: (n, D)}: embeddings+logits as the store holds them, and 2 x 2 / 4 x 4 poolings of the last
-    two blocks' maps (block 3: 64 x 8 x 8, block 4: 128 x 4 x 4)."""
-    import torch
-    import torch.nn.functional as F
-
+    two blocks' maps (block 3: 64 x 8 x 8, block 4: 128 x 4 x 4), made by `featurize run --pooled-maps`
+    (featurize_samples with FeaturizeConfig.pooled_maps) into a store under `work`."""
     from featurize.backbones import load_backbone
-    from featurize.images import decode_resized
+    from featurize.images import open_image_root
+    from featurize.pipeline import FeaturizeConfig, featurize_samples
+    from featurize.pooled_maps import parse_pooled_maps
+    from store import FeatureStore
 
-    bb = load_backbone("fer_mini_xception", weights)
-    model, spec = bb.model.eval(), bb.spec
-    maps: dict[str, list] = {"b3": [], "b4": []}
-    model.blocks[2].register_forward_hook(lambda m, i, out: maps["b3"].append(out.detach()))
-    model.blocks[3].register_forward_hook(lambda m, i, out: maps["b4"].append(out.detach()))
-    mean = torch.tensor(spec.mean).reshape(1, -1, 1, 1)
-    std = torch.tensor(spec.std).reshape(1, -1, 1, 1)
-    base = []
-    with torch.no_grad():
-        for i in range(0, len(samples), batch):
-            px = np.stack([decode_resized((image_root / s.image).read_bytes(), spec.input_size,
-                                          grayscale=spec.grayscale, interpolation=spec.interpolation)
-                           for s in samples[i:i + batch]])
-            x = torch.from_numpy(px).permute(0, 3, 1, 2).float().div(255).sub(mean).div(std)
-            emb, logits = model(x)
-            base.append(torch.cat([emb, logits], 1))
-    E = torch.cat(base).numpy()
-    b3, b4 = torch.cat(maps["b3"]), torch.cat(maps["b4"])
-    grid = {"b3_2x2": F.adaptive_avg_pool2d(b3, 2).flatten(1).numpy(),
-            "b4_2x2": F.adaptive_avg_pool2d(b4, 2).flatten(1).numpy(), "b4_4x4": b4.flatten(1).numpy()}
-    return {
-        "embeddings+logits (store)": E,
-        "+ block 4 2x2": np.hstack([E, grid["b4_2x2"]]),
-        "+ block 3 2x2": np.hstack([E, grid["b3_2x2"]]),
-        "+ blocks 3, 4 2x2": np.hstack([E, grid["b3_2x2"], grid["b4_2x2"]]),
-        "+ block 4 4x4": np.hstack([E, grid["b4_4x4"]]),
-    }
+    store = work / "ckplus_maps.h5"
+    config = FeaturizeConfig(progress=False, pooled_maps=parse_pooled_maps(MAPS))
+    featurize_samples(samples, root=open_image_root(image_root), store=store, split="ckplus",
+                      backbone=load_backbone("fer_mini_xception", weights), config=config)
+    with FeatureStore.open(store) as st:
+        rows = st.find_rows([s.key for s in samples])
+
+        def read(*arrays):
+            return st.read_features("+".join(f"fer_mini_xception.{a}" for a in ("embeddings", "logits") + arrays),
+                                    rows)[0]
+
+        return {
+            "embeddings+logits (store)": read(),
+            "+ block 4 2x2": read("map_blocks_3_2x2"),
+            "+ block 3 2x2": read("map_blocks_2_2x2"),
+            "+ blocks 3, 4 2x2": read("map_blocks_2_2x2", "map_blocks_3_2x2"),
+            "+ block 4 4x4": read("map_blocks_3_4x4"),
+        }
 
 
 def score(X: np.ndarray, expr: np.ndarray, au: np.ndarray, fold: np.ndarray) -> dict:
@@ -115,7 +109,8 @@ def main(argv=None) -> None:
     au = np.array([s.labels["au"] for s in samples], dtype=np.int64)
     subjects = np.array([s.video.split("_")[0] for s in samples], dtype=object)
     fold = grouped_folds(subjects, FOLDS, SEED)
-    sets = spatial_features(samples, a.data_dir / "ckplus" / "cropped_aligned", a.weights)
+    with tempfile.TemporaryDirectory() as work:
+        sets = spatial_features(samples, a.data_dir / "ckplus" / "cropped_aligned", a.weights, Path(work))
     lines = ["| features | dims | expr accuracy | expr macro F1 | AU F1 @0.5 |", "|---|---|---|---|---|"]
     for name, X in sets.items():
         r = score(X, expr, au, fold)

@@ -5,7 +5,8 @@ inside the training split only, written out as a recipe that `heads fit --recipe
 
 For each task (expr, va, au; all three for "mtl"; lsd) the recipe's entry names the features and
 the head; heads.search_spaces gives the head's space and the recipe's params are the base the
-sampled ones override. The training split's labelled rows with valid features are dealt into `cv`
+sampled ones override. With `features` (--features, several specs) the spec is one more study
+parameter, every choice scored on the same rows (those valid in all of them) and folds. The training split's labelled rows with valid features are dealt into `cv`
 folds grouped by video (or by subject, the video name before the first "_", or one group per row);
 a trial fits the head on the other folds and predicts each held-out fold, and its value is the task
 score of the pooled out-of-fold predictions (P_EXPR / P_LSD macro F1, P_VA mean CCC, P_AU mean F1 at
