@@ -235,9 +235,10 @@ def head_plans(recipes: list[str], task: str, source: str, threads: int | None =
         features = fill_backbone(entry["features"], source, where, f"tasks.{task}.features")
         label = f"{'tuned ' if tuned else ''}{Path(recipe).stem} ({entry['head']})"
         plan = Plan(task, features, entry["head"], dict(entry.get("params", {})))
-        choices = [fill_backbone(f, source, "--tune-features", f"choice {i + 1}") for i, f in enumerate(tune_features)]
+        choices = [fill_backbone(f, source, "--tune-features", f"choice {i + 1}")
+                   for i, f in enumerate(tune_features if tuned else ())]
         out.append(HeadPlan(label, plan, threads, tune_trials=tune_trials if tuned else 0, tune_cv=tune_cv,
-                            feature_choices=choices if tuned else []))
+                            feature_choices=choices))
     return out
 
 

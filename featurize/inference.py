@@ -76,9 +76,10 @@ class BatchRunner:
         self.channels = 1 if spec.grayscale else 3
         size = spec.input_size
         model = model.eval()
-        modules = dict(model.named_modules())
-        if any(isinstance(modules.get(pm.module), torch.nn.Conv2d) for pm in pooled_maps):
-            fold_bn = False  # a folded convolution returns its BatchNorm's output, not its own
+        if pooled_maps:
+            modules = dict(model.named_modules())
+            if any(isinstance(modules.get(pm.module), torch.nn.Conv2d) for pm in pooled_maps):
+                fold_bn = False  # a folded convolution returns its BatchNorm's output, not its own
         if fold_bn:
             example = torch.randn(2, self.channels, size, size, generator=torch.Generator().manual_seed(0))
             model = fold_batchnorm(model, example)

@@ -108,7 +108,6 @@ class MapHooks:
     """Forward hooks that keep each requested module's output pooled to its grid, for the last call."""
 
     def __init__(self, model: torch.nn.Module, maps: tuple[PooledMap, ...]):
-        self.maps = maps
         self.out: dict[str, torch.Tensor] = {}
         modules = dict(model.named_modules())
         self._handles = [modules[pm.module].register_forward_hook(self._hook(pm)) for pm in maps]

@@ -103,22 +103,23 @@ class _TaskData:
     """One task's training rows: X per feature spec to choose among (the first: plan.features), y (as
     heads' fit takes it), groups and folds. One spec: nothing to choose; several: a study parameter."""
 
-    def __init__(self, plan: Plan, X, y, groups, folds, labels):
+    def __init__(self, plan: Plan, X, y, groups, folds, labels, templates=None):
         X = X if isinstance(X, dict) else {plan.features: X}
         self.plan, self.Xs, self.y, self.groups, self.folds, self.labels = plan, X, y, groups, folds, labels
         self.X = X[plan.features]
-        self.templates = {spec: spec for spec in X}  # spec -> as the user wrote it ("{backbone}" kept)
+        self.templates = templates or {spec: spec for spec in X}  # spec -> as written ("{backbone}" kept)
 
 
 def _load(st: FeatureStore, plan: Plan, train_rows: np.ndarray, grouping: str, cv: int, seed: int,
-          choices=()) -> _TaskData:
-    """The training rows of one task; with `choices` (feature specs), only the rows valid in every one
-    of them, so that every choice is scored on the same rows and folds."""
+          templates=None) -> _TaskData:
+    """The training rows of one task; with `templates` ({feature spec: as written}, the first
+    plan.features), only the rows valid in every spec, so that every choice is scored on the same
+    rows and folds."""
     from store import STATUS_OK
 
     from .fitting import _training_data
 
-    specs = list(dict.fromkeys(choices or [plan.features]))
+    specs = list(templates or [plan.features])
     if len(specs) > 1:
         sources = dict.fromkeys(src for spec in specs for src, _ in st.parse_feature_spec(spec))
         keep = np.logical_and.reduce([st.source_status(src, train_rows) == STATUS_OK for src in sources])
@@ -126,11 +127,10 @@ def _load(st: FeatureStore, plan: Plan, train_rows: np.ndarray, grouping: str, c
     Xs, y, videos = {}, None, None
     for spec in specs:
         Xs[spec], y, videos = _training_data(st, Plan(plan.key, spec, plan.head, plan.params), train_rows, "recipe")
-    plan = Plan(plan.key, specs[0], plan.head, plan.params)
     groups = _groups(videos, grouping)
     folds = grouped_folds(groups, cv, seed)
     labels = y if plan.kind != "regression" else y.astype(np.float32)
-    return _TaskData(plan, Xs, y, groups, folds, labels)
+    return _TaskData(plan, Xs, y, groups, folds, labels, templates)
 
 
 def _predict(plan: Plan, head, X):
@@ -288,8 +288,7 @@ def _load_tasks(store, doc, source, tasks, train, groups, cv, seed, backbone, ch
                     raise RecipeError(f"{where}: {key} {spec!r}: {err}") from None
                 filled[spec] = tpl
             plan = Plan(t, next(iter(filled)), e["head"], dict(e.get("params", {})))
-            datas[t] = _load(st, plan, train_rows, groups, cv, seed, choices=list(filled))
-            datas[t].templates = filled
+            datas[t] = _load(st, plan, train_rows, groups, cv, seed, templates=filled)
         return datas, str(Path(st.path).resolve())
 
 
