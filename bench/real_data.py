@@ -394,7 +394,7 @@ def evaluate_dataset(ds: Dataset, recipes, *, folds, inner_folds, trials, seed, 
     with FeatureStore.open(ds.store) as st:
         if ds.source not in st.sources():
             raise UserError(f"{ds.store}: no feature source {ds.source!r}")
-        videos = st.samples(rows)["video"]
+        videos = st.samples(rows, columns=("video",))["video"]
         labels = {t: st.labels(t, rows) for t in TASK_ORDER if t in st.tasks()}
         tasks = [t for t, y in labels.items() if FeatureStore.label_mask(t, y).any()]
         if not tasks:

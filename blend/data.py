@@ -56,7 +56,7 @@ class BlendData:
         if len(rows) == 0:
             raise UserError(f"{store.path}: split {split!r} has no rows")
         used = per_task_inputs or _inputs_per_task(store, inputs, tasks)
-        s = store.samples(rows)
+        s = store.samples(rows, columns=("key", "video", "frame"))
         frames = np.asarray(s["frame"], dtype=np.int64)
         smoother = None
         if max_delta > 0:

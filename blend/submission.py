@@ -74,11 +74,11 @@ def _decisions(store: FeatureStore, run: str, split: str, images: list[str], fmt
     rows = store.find_rows(images, missing="ignore")
     if (rows < 0).any():
         j = int(np.flatnonzero(rows < 0)[0])
-        example = store.samples(store.rows(split)[:1])["key"] if store.n_rows else []
+        example = store.samples(store.rows(split)[:1], columns=("key",))["key"] if store.n_rows else []
         hint = f" (keys of split {split!r} look like {example[0]!r})" if len(example) else ""
         raise UserError(f"{store.path}: {_line_of(images, j)} is not in the store{hint}; "
                         f"{int((rows < 0).sum())} listed images are missing")
-    splits = store.samples(rows)["split"]
+    splits = store.samples(rows, columns=("split",))["split"]
     other = np.flatnonzero(splits != split)
     if len(other):
         j = int(other[0])

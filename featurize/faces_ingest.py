@@ -50,7 +50,7 @@ def plan_faces(store_path, crops, *, split=None, source="faces") -> FacesPlan:
     table = index_table(crops)
     with FeatureStore.open(store_path) as st:
         target = st.rows(split) if split is not None else np.arange(st.n_rows)
-        keys = st.samples(target)["key"] if len(target) else []
+        keys = st.samples(target, columns=("key",))["key"] if len(target) else []
         current = (st.source_status(source, target) if source in st.sources()
                    else np.full(len(target), STATUS_MISSING, dtype=np.int8))
     if len(target) == 0:

@@ -206,7 +206,7 @@ def plan_ingest(store_path, csv_dir, *, images=None, groups=DEFAULT_GROUPS, spli
         raise UserError(f"--images {images}: no such folder")
     with FeatureStore.open(store_path) as st:
         target = st.rows(split) if split is not None else np.arange(st.n_rows)
-        keys = st.samples(target)["key"] if len(target) else np.array([], dtype=object)
+        keys = st.samples(target, columns=("key",))["key"] if len(target) else np.array([], dtype=object)
         current = (st.source_status(source, target) if source in st.sources()
                    else np.full(len(target), STATUS_MISSING, dtype=np.int8))
         old_columns = (st.source_info(source)["arrays"].get("values", {}).get("names")

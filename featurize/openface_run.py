@@ -65,7 +65,7 @@ def folders_to_run(store_path, images: Path, csv_dir: Path, split=None) -> tuple
     """Folders of the store's rows (of `split`) that have frames and no CSV yet; and how many are done."""
     with FeatureStore.open(store_path) as st:
         rows = st.rows(split) if split is not None else None
-        keys = st.samples(rows)["key"]
+        keys = st.samples(rows, columns=("key",))["key"]
     folders = sorted({folder_of(k) for k in keys})
     todo, done = [], 0
     for folder in folders:

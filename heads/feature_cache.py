@@ -4,6 +4,8 @@
 embeddings+logits) and then predicts every row of the store with each of them. Reading the spec for
 every head and again for every prediction chunk costs more than fitting the small heads; this reads
 each spec for all rows once (as `FeatureStore.read_features` does) and hands out row selections.
+The MLP heads take the cached matrix itself with their training rows (`fit(X, y, rows=...)`,
+heads.registry.fit_takes_rows), so their training rows are never copied out of it.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from .landmarks import landmark_targets
 from .plan import JOINT_TASKS, Plan, training_target
 from .predicting import predict_rows, write_predictions
 from .recipe import RecipeError, choose_backbone, fill_backbone, load_recipe
-from .registry import make_head
+from .registry import fit_takes_rows, make_head
 from .run_folder import RUN_FORMAT, check_writable, write_run
 from .temporal_rows import is_temporal, temporal_training_data
 
@@ -75,9 +75,11 @@ def _entries(doc: dict, source: str, tasks, joint: bool) -> list[tuple[str, dict
 
 
 def _training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray, source: str, aux=None,
-                   features: FeatureCache | None = None):
-    """(X, y, groups) for one head: the labelled training rows with valid features; groups = videos."""
-    videos = st.samples(train_rows)["video"]
+                   features: FeatureCache | None = None, *, as_rows: bool = False):
+    """(X, y, groups, None) for one head: the labelled training rows with valid features; groups = videos.
+    as_rows (with a FeatureCache): (X of every store row (the cache's array itself), y, groups, rows):
+    the training rows are X[rows], not copied (for heads whose fit takes `rows`: the MLP heads)."""
+    videos = st.samples(train_rows, columns=("video",))["video"]
     if plan.key == "joint":
         labels = {t: st.labels(t, train_rows) for t in JOINT_TASKS}
         mask = np.zeros(len(train_rows), bool)
@@ -90,11 +92,17 @@ def _training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray, source:
         what = "any of expr, va, au" if plan.key == "joint" else f"a {plan.key!r}"
         raise UserError(f"{st.path}: no row of the training split has {what} label")
     rows = train_rows[mask]
-    X, valid = st.read_features(plan.features, rows) if features is None else features.read(plan.features, rows)
+    as_rows = as_rows and features is not None
+    if as_rows:
+        X, valid_all = features.read(plan.features)
+        valid = valid_all[rows]
+    else:
+        X, valid = st.read_features(plan.features, rows) if features is None else features.read(plan.features, rows)
     if not valid.any():
         raise UserError(f"{st.path}: no labelled training row has valid features {plan.features!r} "
                         f"({source}: {plan.key})")
-    X = X[valid] if not valid.all() else X
+    if not as_rows:
+        X = X[valid] if not valid.all() else X
     groups = videos[mask][valid]
     if plan.key == "joint":
         Y = {t: y[mask][valid] for t, y in labels.items()}
@@ -102,7 +110,7 @@ def _training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray, source:
             Y["landmarks"] = landmark_targets(st, rows[valid])
     else:
         Y = training_target(plan.key, y[mask][valid])
-    return X, Y, groups
+    return X, Y, groups, (rows[valid] if as_rows else None)
 
 
 def fit_tasks(store, recipe, tasks, *, command: str, out, train="train", eval="val", joint=False, seed=0,
@@ -202,20 +210,27 @@ def _fit_plans(st, plans, train_rows, *, source: str, aux, seed: int, progress: 
     for plan in bar:
         bar.set_postfix_str(f"{plan.key} ({plan.head})")
         context = {}
+        try:
+            head = make_head(plan.head, plan.kind, plan.params, n_classes=plan.n_classes, seed=seed)
+        except ValueError as e:
+            raise RecipeError(f"{source}: {plan.key}: {e}") from None
         if is_temporal(plan):  # all rows of the training videos, with frame numbers (heads.temporal)
             X, Y, groups, context["frames"] = temporal_training_data(st, plan, train_rows, features)
         else:
-            X, Y, groups = _training_data(st, plan, train_rows, source, aux, features)
+            X, Y, groups, rows = _training_data(st, plan, train_rows, source, aux, features,
+                                                as_rows=fit_takes_rows(head))
+            if rows is not None:
+                context["rows"] = rows
         try:
-            head = make_head(plan.head, plan.kind, plan.params, n_classes=plan.n_classes, seed=seed)
             if "verbose" in head.get_params():
                 head.set_params(verbose=progress)
             t0, c0 = time.perf_counter(), time.process_time()
             head.fit(X, Y, groups=groups, **context)
         except ValueError as e:
             raise RecipeError(f"{source}: {plan.key}: {e}") from None
+        n_train = len(context["rows"]) if "rows" in context else len(X)
         info[plan.key] = {"features": plan.features, "head": plan.head, "class": type(head).__name__,
-                          "n_features": int(X.shape[1]), "n_train_rows": int(len(X)),
+                          "n_features": int(X.shape[1]), "n_train_rows": int(n_train),
                           "fit_seconds": round(time.perf_counter() - t0, 3),
                           "fit_cpu_seconds": round(time.process_time() - c0, 3)}
         fitted.append((plan, head))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import losses
 from .mixup import check_mixup, mixed_targets, soft_focal_multiclass
@@ -72,22 +72,49 @@ class _MLPHead(BaseEstimator):
         return MLP(n_features, tuple(int(h) for h in self.hidden_layer_sizes), (n_outputs,),
                    activation=self.activation, dropout=float(self.dropout), out_activations=(in_net,))
 
-    def _fit(self, X, y, groups):
+    def _validated(self, X, y, rows, *, y_dtype=None, **validate_kw):
+        """validate_data(X, y); with rows (fit on X[rows], y one entry per row): X is taken as float32
+        (no copy when it is a C-contiguous float32 matrix) without a pass over it (its training rows
+        are checked while their statistics are taken), and y is checked on its own."""
+        if rows is None:
+            return validate_data(self, X, y, dtype=np.float32, **validate_kw)
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.ndim != 2:
+            raise ValueError(f"X: expected a 2-D array, got shape {X.shape}")
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or len(rows) != len(y) or not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(f"rows: expected {len(y)} row indices, one per label, got shape {rows.shape}")
+        if len(rows) and (rows.min() < 0 or rows.max() >= X.shape[0]):
+            raise ValueError(f"rows: indices must lie in 0..{X.shape[0] - 1}")
+        y = check_array(y, ensure_2d=False, dtype=y_dtype, input_name="y")
+        self.n_features_in_ = X.shape[1]
+        return X, y
+
+    def _fit(self, X, y, groups, rows=None):
+        """Train on X (or on X[rows]: y and groups then have one entry per row; no copy of X is made)."""
         self._check_params()
         y_fit, targets, n_outputs = self._prepare_targets(y)
         Xt = as_feature_tensor(X)
-        n = Xt.shape[0]
+        n = len(y_fit)
         rng = np.random.default_rng(self.random_state)
         held = None
         fit_rows = np.arange(n)
         if self.early_stopping:
             fit_rows, held = holdout_split(n, self.validation_fraction, groups, rng)
         loss = self._make_loss(y_fit[fit_rows])
+        if rows is not None:  # positions -> rows of X; targets laid out by row of X (the loss indexes them so)
+            rows = np.asarray(rows, dtype=np.int64)
+            fit_rows, held = rows[fit_rows], (None if held is None else rows[held])
+            by_row = targets.new_zeros((Xt.shape[0], *targets.shape[1:]))
+            by_row[torch.from_numpy(rows)] = targets
+            targets = by_row
         widths = [Xt.shape[1], *(int(h) for h in self.hidden_layer_sizes), n_outputs]
         with seeded(int(rng.integers(2**31)), training_threads(self.n_threads, widths, self.batch_size)):
             fit_t = torch.from_numpy(fit_rows)
             net = self._build(Xt.shape[1], n_outputs)
             mean, inv_std = feature_stats(Xt, fit_t)
+            if rows is not None and not bool(torch.isfinite(mean).all()):
+                raise ValueError("Input X contains NaN or infinity in the training rows")
             net.set_standardization(mean, inv_std)
             history = train(
                 net, Xt, fit_t, lambda out, idx: loss(out, targets[idx]),
@@ -171,10 +198,11 @@ class MLPClassifierHead(ClassifierMixin, _MLPHead):
         self.n_threads = n_threads
         self.verbose = verbose
 
-    def fit(self, X, y, groups=None):
-        X, y = validate_data(self, X, y, dtype=np.float32)
+    def fit(self, X, y, groups=None, rows=None):
+        """rows: train on X[rows] (y and groups one entry per row) without copying them out of X."""
+        X, y = self._validated(X, y, rows)
         check_classification_targets(y)
-        return self._fit(X, y, groups)
+        return self._fit(X, y, groups, rows)
 
     def _prepare_targets(self, y):
         self.classes_, y_enc = encode_classes(y, self.n_classes)
@@ -251,9 +279,10 @@ class MLPMultilabelHead(_MLPHead):
         self.n_threads = n_threads
         self.verbose = verbose
 
-    def fit(self, X, y, groups=None):
-        X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True)
-        return self._fit(X, y, groups)
+    def fit(self, X, y, groups=None, rows=None):
+        """rows: train on X[rows] (y and groups one entry per row) without copying them out of X."""
+        X, y = self._validated(X, y, rows, multi_output=True)
+        return self._fit(X, y, groups, rows)
 
     def _prepare_targets(self, y):
         y = check_binary_matrix(y)
@@ -320,9 +349,10 @@ class MLPRegressorHead(RegressionOutputMixin, RegressorMixin, _MLPHead):
         tags.target_tags.multi_output = True
         return tags
 
-    def fit(self, X, y, groups=None):
-        X, y = validate_data(self, X, y, dtype=np.float32, multi_output=True, y_numeric=True)
-        return self._fit(X, y, groups)
+    def fit(self, X, y, groups=None, rows=None):
+        """rows: train on X[rows] (y and groups one entry per row) without copying them out of X."""
+        X, y = self._validated(X, y, rows, y_dtype="numeric", multi_output=True, y_numeric=True)
+        return self._fit(X, y, groups, rows)
 
     def _prepare_targets(self, y):
         y = np.asarray(y, dtype=np.float32)

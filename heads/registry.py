@@ -105,3 +105,9 @@ def make_head(name: str, kind: str, params: dict, *, n_classes: int | None = Non
     if seed is not None and "random_state" in allowed:
         kw["random_state"] = seed
     return cls(**kw)
+
+
+def fit_takes_rows(head) -> bool:
+    """Whether `head.fit(X, y, groups, rows=rows)` trains on X[rows] in place (the MLP heads): callers
+    holding every row's features then hand over the matrix and the rows instead of a copy of them."""
+    return "rows" in inspect.signature(head.fit).parameters

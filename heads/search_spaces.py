@@ -13,7 +13,10 @@ what it does not want searched (e.g. "loss": "ccc") and the study searches the r
               head has the "mixup" parameter of heads.mixup)
     linear    C 1e-4-10 (log) for logistic heads; alpha 1e-2-1e4 (log) for ridge (VA)
     lightgbm  num_leaves 7-127 (log), learning_rate 0.01-0.3 (log), n_estimators 50-600 (log),
-              colsample 0.1-1, subsample 0.3-1, min_child_samples 5-100 (log)
+              colsample 0.1-1, subsample 0.3-1, min_child_samples 5-100 (log), reg_lambda
+              (L2 on leaf values) 0.1-10 (log): at 0 (LightGBM's default) or 0.01, a learning
+              rate near 0.2 over ~550 rounds sent FER2013's raw scores to 1e5-8e5 and nearly
+              every prediction to one class (docs/HEADS.md)
 
 Parameter names in the study are the head's own, so `study.best_params` reads as a recipe's params.
 """
@@ -70,6 +73,7 @@ def _lightgbm(trial, kind: str, n_rows: int, names) -> dict:
         "colsample": trial.suggest_float("colsample", 0.1, 1.0),
         "subsample": trial.suggest_float("subsample", 0.3, 1.0),
         "min_child_samples": trial.suggest_int("min_child_samples", 5, 100, log=True),
+        "reg_lambda": trial.suggest_float("reg_lambda", 0.1, 10.0, log=True),
     }
 
 

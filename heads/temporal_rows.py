@@ -43,7 +43,7 @@ def temporal_training_data(st: FeatureStore, plan: Plan, train_rows: np.ndarray,
     y = st.labels(plan.key, train_rows)
     if not FeatureStore.label_mask(plan.key, y).any():
         raise UserError(f"{st.path}: no row of the training split has a {plan.key!r} label")
-    s = st.samples(train_rows)
+    s = st.samples(train_rows, columns=("video", "frame"))
     X = _features(st, plan.features, train_rows, features)
     if not np.isfinite(X).all(axis=1).any():
         raise UserError(f"{st.path}: no training row has valid features {plan.features!r}")
@@ -76,7 +76,7 @@ def video_chunks(videos: np.ndarray, chunk_rows: int) -> list[np.ndarray]:
 def predict_temporal(st: FeatureStore, plan: Plan, head, rows: np.ndarray, out: dict, *, chunk_rows: int,
                      bar=None, features: FeatureCache | None = None) -> None:
     """Fill out[task][i] for rows[i] with the temporal head's scores (NaN where features are invalid)."""
-    s = st.samples(rows)
+    s = st.samples(rows, columns=("video", "frame"))
     for pos in video_chunks(s["video"], chunk_rows):
         X = _features(st, plan.features, rows[pos], features)
         valid = np.isfinite(X).all(axis=1)

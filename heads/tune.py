@@ -39,7 +39,7 @@ from store.feature_store import FeatureStore
 from . import metrics as M
 from .plan import Plan
 from .recipe import RecipeError, choose_backbone, fill_backbone, load_recipe
-from .registry import make_head
+from .registry import fit_takes_rows, make_head
 from .search_spaces import SPACES, suggest_params
 from .studies import count_trials, describe_storage, open_study, other_settings_error, resolve_storage, run_budget
 
@@ -126,7 +126,8 @@ def _load(st: FeatureStore, plan: Plan, train_rows: np.ndarray, grouping: str, c
         train_rows = train_rows[keep]
     Xs, y, videos = {}, None, None
     for spec in specs:
-        Xs[spec], y, videos = _training_data(st, Plan(plan.key, spec, plan.head, plan.params), train_rows, "recipe")
+        spec_plan = Plan(plan.key, spec, plan.head, plan.params)
+        Xs[spec], y, videos, _ = _training_data(st, spec_plan, train_rows, "recipe")
     groups = _groups(videos, grouping)
     folds = grouped_folds(groups, cv, seed)
     labels = y if plan.kind != "regression" else y.astype(np.float32)
@@ -150,7 +151,10 @@ def cross_validate(data: _TaskData, params: dict, seed: int, trial=None,
         te = data.folds == k
         tr = ~te
         head = make_head(plan.head, plan.kind, params, n_classes=plan.n_classes, seed=seed)
-        head.fit(X[tr], y[tr], groups=data.groups[tr])
+        if fit_takes_rows(head):  # the MLP heads train on X's rows in place: no copy per fold and trial
+            head.fit(X, y[tr], groups=data.groups[tr], rows=np.flatnonzero(tr))
+        else:
+            head.fit(X[tr], y[tr], groups=data.groups[tr])
         p = np.asarray(_predict(plan, head, X[te]), dtype=np.float64).reshape(int(te.sum()), -1)
         if oof is None:
             oof = np.zeros((len(X), p.shape[1]))

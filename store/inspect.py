@@ -9,7 +9,7 @@ from .schema import TASKS
 
 def summarize(st: FeatureStore) -> dict:
     """A JSON-able summary: rows per split, label coverage per task and split, sources, predictions."""
-    split = st.samples()["split"]
+    split = st.samples(columns=("split",))["split"]
     splits = sorted(set(split))
     out = {
         "path": st.path,

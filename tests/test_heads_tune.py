@@ -98,7 +98,8 @@ def test_every_sampled_point_is_a_valid_head(head, kind):
         assert ("label_smoothing" in space) == (kind == "multiclass")
         assert ("mixup" in space) == ("mixup" in names)
     elif head == "lightgbm":
-        assert space == {"num_leaves", "learning_rate", "n_estimators", "colsample", "subsample", "min_child_samples"}
+        assert space == {"num_leaves", "learning_rate", "n_estimators", "colsample", "subsample", "min_child_samples",
+                         "reg_lambda"}
     else:
         assert space == ({"alpha"} if kind == "regression" else {"C"})
 

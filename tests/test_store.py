@@ -48,6 +48,12 @@ def test_round_trip(tmp_path):
         np.testing.assert_array_equal(st.label_mask("au", st.labels("au")), [True, True, False])
         smp = st.samples()
         assert list(smp["video"]) == ["v1", "v1", "v2"] and list(smp["frame"]) == [1, 2, 7]
+        assert list(smp) == ["key", "video", "split", "frame"]
+        some = st.samples(np.array([2, 0]), columns=("frame", "video"))  # only those columns are read
+        assert list(some) == ["frame", "video"] and list(some["video"]) == ["v2", "v1"]
+        assert list(some["frame"]) == [7, 1]
+        with pytest.raises(ValueError, match="unknown sample column 'label'"):
+            st.samples(columns=("label",))
         X, valid = st.read_features("bb.embeddings+bb.logits")
         assert X.shape == (3, 6)
         np.testing.assert_array_equal(valid, [True, False, False])

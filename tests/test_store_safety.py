@@ -226,3 +226,21 @@ def test_dead_space_is_compacted_and_the_store_stays_appendable(tmp_path):
         assert not verify(st) and st.n_rows == n + 1
         np.testing.assert_array_equal(st.read_predictions("run", "expr")[:n], scores)
         assert np.isnan(st.read_predictions("run", "expr")[n])
+
+
+def test_string_heap_is_counted_in_utf8_bytes(tmp_path):
+    """The dead-space check counts a variable-length string by its stored UTF-8 bytes (a non-ASCII key
+    takes more than one byte per character), and fixed-length strings by their storage alone."""
+    import h5py
+
+    from store.feature_store import _array_bytes
+
+    sizes = {}
+    for name, text in (("ascii", "e" * 10), ("accents", "é" * 10)):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            f.create_dataset("s", data=[text] * 100, dtype=h5py.string_dtype())
+            f.create_dataset("fixed", data=np.array([b"abcd"] * 100, dtype="S4"))
+        with h5py.File(tmp_path / f"{name}.h5", "r") as f:
+            storage = sum(f[k].id.get_storage_size() for k in ("s", "fixed"))
+            sizes[name] = _array_bytes(f) - storage
+    assert sizes == {"ascii": 100 * (16 + 16), "accents": 100 * (16 + 24)}  # 10 and 20 bytes, padded to 8
