@@ -256,6 +256,8 @@ def main(argv=None) -> None:
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     t_bench = time.perf_counter()
     info = machine()
+    if a.workdir:
+        Path(a.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="heads_scale_", dir=a.workdir) as tmp:
         workdir = Path(tmp)
         store = workdir / "saffwild2_synthetic.h5"
