@@ -2,6 +2,7 @@
 torch MLP head against scikit-learn's MLPClassifier with the same architecture.
 
     python bench/heads_scale.py [--threads 2] [--recipes paper,logistic,lightgbm] [--workdir DIR] [--loaded [--busy K]]
+                                [--floor]
 
 1. Writes a synthetic feature store of the real size: 142,333 train + 26,876 val rows of 1280-d
    embeddings + 10 logits (float32) whose labels follow planted rules, with s-Aff-Wild2's label-missing
@@ -23,6 +24,10 @@ torch MLP head against scikit-learn's MLPClassifier with the same architecture.
    run of the same invocation. With T threads and K busy processes on T cores a fair share is (K + T) / T:
    2x for 2 busy processes, 2 threads, 2 cores. The quiet run is repeated with passive waiting forced, the
    cost of waiting passively on free CPUs.
+
+5. --floor: the lower bound of `paper` on these CPUs, each part in a fresh process: importing torch,
+   scikit-learn and the heads, reading the split's features (warm), and the AU head's 1290 -> 128 matrix
+   products alone (forward and weight gradient) over its 10 epochs. What no implementation escapes.
 
 Thread count: --threads caps the threads of everything (torch, LightGBM, numpy), set as the `heads`
 command does (featheads.core.threads.prepare_threads) before they are imported. Prints a table and
@@ -170,6 +175,38 @@ def loaded_runs(recipes, store: Path, workdir: Path, busy: int) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------- lower bound of `paper`
+
+
+def floor_parts(store: Path, threads: int) -> dict:
+    """What no implementation of `heads fit mtl --recipe paper` on these CPUs escapes, each measured in a
+    fresh process: importing the libraries the heads need (torch, scikit-learn; the child's wall time
+    includes them), reading the split's features (warm), and the matrix products alone of the AU head's
+    10 epochs (1290 -> 128: forward and weight gradient, batch 512, float32, `threads` threads)."""
+    code = (
+        "import time, sys; t = time.perf_counter(); import heads.mlp, heads.fitting; "
+        "print(time.perf_counter() - t)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    imports = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                   check=True).stdout.split()[-1])
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from featheads.core.threads import prepare_threads; "
+        f"prepare_threads({threads}); import time, torch; from store.feature_store import FeatureStore; "
+        f"st = FeatureStore.open({str(store)!r}); spec = '{SOURCE}.embeddings+{SOURCE}.logits'; st.read_features(spec); "
+        "t = time.perf_counter(); st.read_features(spec); read = time.perf_counter() - t; "
+        f"steps = 10 * -(-{TRAIN_LABELLED['au']} // 512); x = torch.randn(512, 1290); "
+        "w = torch.randn(128, 1290, requires_grad=True); [(x @ w.t()).sum().backward() for _ in range(20)]; "
+        "t = time.perf_counter(); [(x @ w.t()).sum().backward() for _ in range(steps)]; "
+        "gemm = time.perf_counter() - t; print(read, gemm, steps)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    read, gemm, steps = float(out[-3]), float(out[-2]), int(out[-1])
+    flop = steps * 2 * 2 * 512 * 1290 * 128  # forward and weight gradient, 2 flop per multiply-add
+    return {"imports_s": imports, "read_s": read, "au_gemm_s": gemm, "au_steps": steps,
+            "au_gflops": flop / gemm / 1e9, "sum_s": imports + read + gemm}
+
+
 # ---------------------------------------------------------------------------- MLP vs scikit-learn
 
 
@@ -245,6 +282,8 @@ def main(argv=None) -> None:
     ap.add_argument("--loaded", action="store_true", help="also run each recipe while other processes keep the "
                     "cores busy, and report the slowdown against the quiet run")
     ap.add_argument("--busy", type=int, default=None, help="--loaded: busy processes [one per available CPU]")
+    ap.add_argument("--floor", action="store_true", help="also measure the lower bound of `paper` on these CPUs: "
+                    "library imports, the feature read, and the AU head's matrix products alone")
     ap.add_argument("--no-append", action="store_true", help="do not append to bench/RESULTS.md")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
@@ -277,6 +316,7 @@ def main(argv=None) -> None:
                 print(f"{recipe}, passive waiting forced: {r['wall_s']:.1f} s", flush=True)
             busy = a.busy or available_cpus()
             loaded = loaded_runs(list(results), store, workdir, busy)
+        floor = floor_parts(store, a.threads) if a.floor else None
     cmp = None if a.skip_sklearn else mlp_vs_sklearn()
 
     lines = [f"| recipe | threads | OpenMP waiting | heads fit mtl wall (s) | CPU (s) | fit expr / va / au wall (s) | "
@@ -303,6 +343,15 @@ def main(argv=None) -> None:
                 lines.append(f"| {recipe} | {label} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
                              f"{r['wall_s'] / quiet:.2f}x | {f.get('expr', 0):.1f} / {f.get('va', 0):.1f} / "
                              f"{f.get('au', 0):.1f} |")
+    if floor:
+        lines += ["", "Lower bound of `paper` here (each part measured alone, in a fresh process; the wall times "
+                  "above include all three):", "",
+                  "| part | s |", "|---|---|",
+                  f"| import torch, scikit-learn and the heads | {floor['imports_s']:.2f} |",
+                  f"| read the split's embeddings+logits (warm) | {floor['read_s']:.2f} |",
+                  f"| AU head: {floor['au_steps']:,} steps of its 1290 -> 128 products alone (forward + weight "
+                  f"gradient, {a.threads} threads, {floor['au_gflops']:.0f} GFLOP/s) | {floor['au_gemm_s']:.2f} |",
+                  f"| **sum** (EXPR and VA heads, predictions and writes not counted) | **{floor['sum_s']:.2f}** |"]
     if cmp:
         lines += ["", f"MLP 1290 -> 128 ReLU -> 8 on {cmp['n']:,} x {cmp['d']} (planted rule), Adam 1e-3, batch 512:", "",
                   "| model | epochs | fit wall (s) | fit CPU (s) | test macro F1 |", "|---|---|---|---|---|",

@@ -87,24 +87,41 @@ def as_feature_tensor(X) -> torch.Tensor:
     return torch.from_numpy(X if X.flags.writeable else X.copy())
 
 
-def feature_stats(X: torch.Tensor, rows: torch.Tensor, chunk: int = 32768) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and 1/std of X[rows] per column, by chunks (no full copy); 1/std = 1 for constant columns."""
+# Rows per chunk of feature_stats: a 4,096 x 1290 float32 chunk is 21 MB, reused for every chunk. Chunks of
+# 32,768 rows (169 MB) were fresh allocations each time, faulted in page by page: 0.7 s of a `paper` head's
+# fit on 100k rows went there (bench/RESULTS.md, 2026-12-08).
+_STATS_CHUNK = 4096
+
+
+def feature_stats(X: torch.Tensor, rows: torch.Tensor, chunk: int = _STATS_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and 1/std of X[rows] per column, by chunks (no full copy); 1/std = 1 for constant columns.
+
+    Sums are taken of x - x0 (x0: the first row), so a column that is constant on these rows has
+    exactly zero variance (E[x^2] - E[x]^2 of unshifted float32 sums leaves rounding noise there,
+    whose 1/std is huge), and large column means cost no precision."""
     s = torch.zeros(X.shape[1], dtype=torch.float64)
     s2 = torch.zeros(X.shape[1], dtype=torch.float64)
-    contiguous = len(rows) == 0 or (int(rows[-1]) - int(rows[0]) == len(rows) - 1)
+    if len(rows) == 0:
+        return s.float(), torch.ones(X.shape[1])
+    x0 = X[int(rows[0])].clone()
+    contiguous = int(rows[-1]) - int(rows[0]) == len(rows) - 1
+    shifted = torch.empty((min(chunk, len(rows)), X.shape[1]), dtype=X.dtype)
+    squares = torch.empty_like(shifted)
     for i in range(0, len(rows), chunk):
         if contiguous:  # no gather copy
             xb = X[int(rows[0]) + i:int(rows[0]) + i + chunk][:len(rows) - i]
+            d = torch.sub(xb, x0, out=shifted[:len(xb)])
         else:
-            xb = X.index_select(0, rows[i:i + chunk])
-        s += xb.sum(0).double()  # float32 (cascaded) sums per chunk, accumulated in float64
-        s2 += (xb * xb).sum(0).double()
-    n = max(len(rows), 1)
-    mean = s / n
-    var = (s2 / n - mean * mean).clamp_min(0)
+            idx = rows[i:i + chunk]
+            d = torch.index_select(X, 0, idx, out=shifted[:len(idx)]).sub_(x0)
+        s += d.sum(0).double()  # float32 (cascaded) sums per chunk, accumulated in float64
+        s2 += torch.mul(d, d, out=squares[:len(d)]).sum(0).double()
+    n = len(rows)
+    shift = s / n
+    var = (s2 / n - shift * shift).clamp_min(0)
     std = var.sqrt()
     inv = torch.where(std > 1e-12, 1.0 / std, torch.ones_like(std))
-    return mean.float(), inv.float()
+    return (x0.double() + shift).float(), inv.float()
 
 
 def holdout_split(n: int, fraction: float, groups, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

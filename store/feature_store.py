@@ -892,12 +892,42 @@ def _remove_stale_versions(path: str) -> None:
 
 
 def _copy_file(src: str, dst: str) -> None:
+    """Copy src to dst: in the kernel (os.copy_file_range: no user-space buffers, a reflink where the file
+    system offers one), else (another OS, a file system that refuses it) 16 MiB at a time."""
     with open(src, "rb") as fi, open(dst, "wb") as fo:
+        if _copy_in_kernel(fi.fileno(), fo.fileno()):
+            return
+        fi.seek(0)
+        fo.seek(0)
+        fo.truncate()
         while True:
             block = fi.read(_COPY_BYTES)
             if not block:
                 break
             fo.write(block)
+
+
+# errors with which copy_file_range says "not here" (the caller copies in user space instead)
+_NO_KERNEL_COPY = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.EBADF}
+
+
+def _copy_in_kernel(fd_in: int, fd_out: int) -> bool:
+    """The whole of fd_in into fd_out by os.copy_file_range; False where it is not available."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    size = os.fstat(fd_in).st_size
+    copied = 0
+    while copied < size:
+        try:
+            n = os.copy_file_range(fd_in, fd_out, min(size - copied, 1 << 30))
+        except OSError as e:
+            if e.errno in _NO_KERNEL_COPY and copied == 0:
+                return False
+            raise  # ENOSPC and the like: the caller's write fails as any write would
+        if n == 0:  # the file shrank under us: copy what is left in user space
+            return False
+        copied += n
+    return True
 
 
 def _fsync_path(path: str) -> None:
