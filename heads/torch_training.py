@@ -88,8 +88,8 @@ def as_feature_tensor(X) -> torch.Tensor:
 
 
 # Rows per chunk of feature_stats: a 4,096 x 1290 float32 chunk is 21 MB, reused for every chunk. Chunks of
-# 32,768 rows (169 MB) were fresh allocations each time, faulted in page by page: 0.7 s of a `paper` head's
-# fit on 100k rows went there (bench/RESULTS.md, 2026-12-08).
+# 32,768 rows (169 MB) were fresh allocations each time, faulted in page by page: 0.7 to 2.1 s of a `paper`
+# head's fit on 100k rows went there, 0.25 s now (bench/RESULTS.md, 2026-12-08).
 _STATS_CHUNK = 4096
 
 

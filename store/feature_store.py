@@ -924,7 +924,7 @@ def _copy_in_kernel(fd_in: int, fd_out: int) -> bool:
             if e.errno in _NO_KERNEL_COPY and copied == 0:
                 return False
             raise  # ENOSPC and the like: the caller's write fails as any write would
-        if n == 0:  # the file shrank under us: copy what is left in user space
+        if n == 0:  # the file shrank under us: the caller starts over in user space
             return False
         copied += n
     return True
