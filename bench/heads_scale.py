@@ -191,8 +191,7 @@ def floor_parts(store: Path, threads: int) -> dict:
     imports = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                                    check=True).stdout.split()[-1])
     code = (
-        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from featheads.core.threads import prepare_threads; "
-        f"prepare_threads({threads}); import time, torch; from store.feature_store import FeatureStore; "
+        f"from featheads.core.threads import prepare_threads; prepare_threads({threads}); import time, torch; from store.feature_store import FeatureStore; "
         f"st = FeatureStore.open({str(store)!r}); spec = '{SOURCE}.embeddings+{SOURCE}.logits'; st.read_features(spec); "
         "t = time.perf_counter(); st.read_features(spec); read = time.perf_counter() - t; "
         f"steps = 10 * -(-{TRAIN_LABELLED['au']} // 512); x = torch.randn(512, 1290); "
@@ -200,7 +199,8 @@ def floor_parts(store: Path, threads: int) -> dict:
         "t = time.perf_counter(); [(x @ w.t()).sum().backward() for _ in range(steps)]; "
         "gemm = time.perf_counter() - t; print(read, gemm, steps)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
     read, gemm, steps = float(out[-3]), float(out[-2]), int(out[-1])
     flop = steps * 2 * 2 * 512 * 1290 * 128  # forward and weight gradient, 2 flop per multiply-add
     return {"imports_s": imports, "read_s": read, "au_gemm_s": gemm, "au_steps": steps,
